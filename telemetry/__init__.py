@@ -1,0 +1,1 @@
+"""Cold-chain telemetry: MQTT ingest, payload contract, storage, queries."""

@@ -1,0 +1,42 @@
+"""The values that flow through ingest: one accepted reading, one rejected message."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One temperature reading of one device at one instant (identity: device_id + ts)."""
+
+    device_id: str
+    ts: datetime  # timezone-aware UTC
+    temp_c: float
+    rh: float | None = None
+    battery_v: float | None = None
+    door_open: bool | None = None
+    seq: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A message (or one entry of a batch message) that was not stored, and why."""
+
+    topic: str
+    payload_head: str  # the first bytes of the payload, decoded leniently for a human
+    reason: str  # a stable machine code, e.g. "malformed_json", used as a metric label
+    detail: str  # what exactly was wrong, for the operator
+    received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """Aggregate of one device's readings over one time bucket."""
+
+    device_id: str
+    start: datetime
+    min_c: float
+    max_c: float
+    mean_c: float
+    count: int
