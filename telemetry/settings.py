@@ -10,7 +10,7 @@ class MqttSettings:
     host: str = "127.0.0.1"
     port: int = 1883
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
     tls: bool = False
     # "5" or "3.1.1"; the embedded broker (amqtt) speaks 3.1.1 only.
     protocol: str = "5"

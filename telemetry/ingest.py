@@ -1,0 +1,283 @@
+"""The MQTT consumer: QoS 1 in, batches committed to the store, acknowledged after commit.
+
+Flow: paho's network thread appends each message to ``_pending``; one writer thread takes
+batches (by size or age), parses them, writes readings and rejections in one transaction,
+and only then acknowledges the batch's messages, in arrival order. A crash anywhere before
+the acknowledgement makes the broker redeliver; the store ignores what it already has.
+
+Backpressure: with MQTT 5 we announce a Receive Maximum, so the broker never has more
+unacknowledged messages in flight to us than that; while the database is slow or down the
+broker keeps the rest queued for our persistent session, and our memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from telemetry.metrics import IngestMetrics
+from telemetry.mqtt_client import BatchAckClient
+from telemetry.payloads import parse_message
+from telemetry.readings import Reading, Rejection
+from telemetry.settings import IngestSettings
+from telemetry.storage.base import StorageUnavailable, Store, WriteResult
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class IngestStatus:
+    broker_connected: bool
+    database_ok: bool
+    pending_messages: int
+    last_commit_at: float | None  # time.time() of the last committed batch
+    last_error: str | None
+
+
+class Ingester:
+    """One MQTT ingest consumer. ``start()`` and ``stop()`` are blocking, thread-based."""
+
+    def __init__(self, settings: IngestSettings, store: Store, metrics: IngestMetrics) -> None:
+        self._settings = settings
+        self._store = store
+        self._metrics = metrics
+        self._cond = threading.Condition()
+        # Each entry: (topic, payload, mid, connection generation, monotonic receive time).
+        self._pending: list[tuple[str, bytes, int, int, float]] = []
+        self._first_pending_at = 0.0
+        self._accepting = False
+        self._stopping = False
+        self._generation = 0
+        self._connected = False
+        self._database_ok = True
+        self._last_commit_at: float | None = None
+        self._last_error: str | None = None
+        self._writer: threading.Thread | None = None
+        self._client = self._make_client()
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        s = self._settings.mqtt
+        self._accepting = True
+        self._writer = threading.Thread(target=self._write_loop, name="ingest-writer", daemon=True)
+        self._writer.start()
+        props = None
+        kwargs: dict[str, object] = {}
+        if self._is_v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self._settings.session_expiry_s
+            props.ReceiveMaximum = self._settings.receive_maximum
+            kwargs["clean_start"] = False
+        self._client.connect_async(s.host, s.port, keepalive=s.keepalive_s, properties=props, **kwargs)  # type: ignore[arg-type]
+        self._client.loop_start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop taking messages, commit and acknowledge what was taken, then disconnect."""
+        self._accepting = False
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._writer is not None:
+            self._writer.join(timeout)
+        # The queued PUBACKs go out before the DISCONNECT: paho writes packets in order.
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._metrics.broker_connected.set(0)
+
+    def status(self) -> IngestStatus:
+        with self._cond:
+            pending = len(self._pending)
+        return IngestStatus(
+            broker_connected=self._connected,
+            database_ok=self._database_ok,
+            pending_messages=pending,
+            last_commit_at=self._last_commit_at,
+            last_error=self._last_error,
+        )
+
+    # -- MQTT side (paho's network thread) ---------------------------------------------
+
+    @property
+    def _is_v5(self) -> bool:
+        return self._settings.mqtt.protocol == "5"
+
+    def _make_client(self) -> BatchAckClient:
+        s = self._settings
+        if self._is_v5:
+            client = BatchAckClient(
+                CallbackAPIVersion.VERSION2,
+                client_id=s.client_id,
+                protocol=mqtt.MQTTv5,
+                manual_ack=True,
+            )
+        else:
+            client = BatchAckClient(
+                CallbackAPIVersion.VERSION2,
+                client_id=s.client_id,
+                clean_session=False,
+                protocol=mqtt.MQTTv311,
+                manual_ack=True,
+            )
+        if s.mqtt.username is not None:
+            client.username_pw_set(s.mqtt.username, s.mqtt.password)
+        if s.mqtt.tls:
+            client.tls_set()
+        client.reconnect_delay_set(max(1, int(s.reconnect_min_s)), max(1, int(s.reconnect_max_s)))
+        # paho keeps its own queue of outgoing messages; we publish nothing at QoS>0 here.
+        client.max_inflight_messages_set(20)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    @property
+    def topic_filter(self) -> str:
+        topic = f"{self._settings.topic_prefix}/+/telemetry"
+        if self._settings.shared_group:
+            return f"$share/{self._settings.shared_group}/{topic}"
+        return topic
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: mqtt.ConnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason.is_failure:
+            self._last_error = f"broker refused the connection: {reason}"
+            log.error("%s", self._last_error)
+            return
+        with self._cond:
+            # Packet ids of messages taken on an earlier connection mean nothing now;
+            # the broker redelivers those messages and the store ignores the repeats.
+            self._generation += 1
+        self._connected = True
+        self._metrics.broker_connected.set(1)
+        client.subscribe(self.topic_filter, qos=1)
+        log.info("connected to broker, subscribed to %s", self.topic_filter)
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: object,
+        flags: mqtt.DisconnectFlags,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        self._connected = False
+        self._metrics.broker_connected.set(0)
+        if not self._stopping:
+            log.warning("disconnected from broker (%s); reconnecting", reason)
+
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        if not self._accepting:
+            return  # not acknowledged: the broker delivers it again to our next session
+        now = time.monotonic()
+        with self._cond:
+            pending = self._pending
+            if not pending:
+                self._first_pending_at = now
+            pending.append((msg.topic, msg.payload, msg.mid, self._generation, now))
+            if len(pending) == self._settings.batch_max_rows:
+                self._cond.notify()
+
+    # -- writer thread -------------------------------------------------------------------
+
+    def _take_batch(self) -> list[tuple[str, bytes, int, int, float]] | None:
+        """Wait for a full or old-enough batch; None when stopping and nothing is left."""
+        s = self._settings
+        with self._cond:
+            while True:
+                n = len(self._pending)
+                if n >= s.batch_max_rows:
+                    break
+                if n and (self._stopping or time.monotonic() - self._first_pending_at >= s.batch_max_delay_s):
+                    break
+                if self._stopping:
+                    return None
+                wait = s.batch_max_delay_s
+                if n:
+                    wait = max(0.0, self._first_pending_at + s.batch_max_delay_s - time.monotonic())
+                self._cond.wait(wait if n else 0.5)
+            batch = self._pending[: s.batch_max_rows]
+            del self._pending[: s.batch_max_rows]
+            if self._pending:
+                self._first_pending_at = self._pending[0][4]
+            self._metrics.pending.set(len(self._pending))
+            return batch
+
+    def _write_loop(self) -> None:
+        while True:
+            batch = self._take_batch()
+            if batch is None:
+                return
+            try:
+                self._process(batch)
+            except Exception:  # a bug must not silently kill ingest: log, keep the batch unacked
+                log.exception("unexpected error while writing a batch; it will be redelivered")
+                self._last_error = "internal error while writing a batch (see log)"
+
+    def _process(self, batch: list[tuple[str, bytes, int, int, float]]) -> None:
+        m = self._metrics
+        limits = self._settings.limits
+        now = datetime.now(UTC)
+        readings: list[Reading] = []
+        rejections: list[Rejection] = []
+        for topic, payload, _mid, _gen, _t in batch:
+            result = parse_message(topic, payload, limits, now)
+            readings.extend(result.readings)
+            if result.rejections:
+                rejections.extend(result.rejections)
+        started = time.monotonic()
+        result_w = self._write_with_retry(readings, rejections)
+        if result_w is None:
+            return  # stopping with the database down: unacked, the broker keeps them
+        committed = time.monotonic()
+        # Acknowledge only messages of the live connection, in arrival order.
+        with self._cond:
+            generation = self._generation
+        self._client.ack_many([mid for _, _, mid, gen, _ in batch if gen == generation])
+        m.messages.inc(len(batch))
+        m.received.inc(len(readings))
+        m.stored.inc(result_w.inserted)
+        if result_w.duplicates:
+            m.duplicates.inc(result_w.duplicates)
+        for r in rejections:
+            m.rejected.labels(r.reason).inc()
+        m.batch_size.observe(len(batch))
+        m.commit_seconds.observe(committed - started)
+        m.lag.set(committed - batch[0][4])
+        self._last_commit_at = time.time()
+
+    def _write_with_retry(self, readings: list[Reading], rejections: list[Rejection]) -> WriteResult | None:
+        """Retry until committed; None if asked to stop while the database is down."""
+        delay = self._settings.reconnect_min_s
+        while True:
+            try:
+                result = self._store.write_batch(readings, rejections)
+            except StorageUnavailable as exc:
+                self._database_ok = False
+                self._last_error = f"database unavailable: {exc}"
+                self._metrics.db_errors.inc()
+                if self._stopping:
+                    return None
+                log.warning("%s; retrying in %.1f s", self._last_error, delay)
+                with self._cond:
+                    self._cond.wait(delay)
+                delay = min(delay * 2, self._settings.reconnect_max_s)
+                continue
+            self._database_ok = True
+            self._last_error = None
+            return result

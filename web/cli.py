@@ -1,0 +1,185 @@
+"""`origincast …`: the operator's commands."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from dataclasses import replace
+
+from aiohttp import web
+
+from telemetry.ingest import Ingester
+from telemetry.metrics import IngestMetrics
+from telemetry.storage import open_store
+from web.app import STORE, build_app
+from web.config import Config, ConfigError, load_config, parse_mqtt_url
+
+log = logging.getLogger("origincast")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="origincast", description="origincast: origin streams and cold-chain telemetry"
+    )
+    parser.add_argument("--config", help="TOML configuration file (default: $ORIGINCAST_CONFIG)")
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the server: web, ingest (and later relay, alerts)")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--no-ingest", action="store_true", help="web only; ingesters run elsewhere")
+
+    p = sub.add_parser("ingest", help="run only the MQTT ingester (scale out with --shared)")
+    p.add_argument("--shared", metavar="GROUP", help="join the MQTT 5 shared subscription $share/GROUP/…")
+    p.add_argument("--client-id", help="MQTT client id (unique per ingester; fixed across restarts)")
+
+    sub.add_parser("migrate", help="apply database migrations and exit")
+
+    p = sub.add_parser("demo", help="run everything on embedded defaults with a simulated fleet")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between simulated readings")
+    p.add_argument(
+        "--duration", type=float, default=0.0, help="stop after this many seconds (0: run until Ctrl-C)"
+    )
+
+    p = sub.add_parser("simulate", help="publish a simulated sensor fleet to the configured broker")
+    p.add_argument("--interval", type=float, default=2.0)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"origincast: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+    try:
+        if args.command == "serve":
+            cmd_serve(config, args)
+        elif args.command == "ingest":
+            cmd_ingest(config, args)
+        elif args.command == "migrate":
+            cmd_migrate(config)
+        elif args.command == "demo":
+            asyncio.run(run_demo(config, args.port, args.interval, args.duration))
+        elif args.command == "simulate":
+            cmd_simulate(config, args.interval)
+    except KeyboardInterrupt:
+        pass
+
+
+def cmd_serve(config: Config, args: argparse.Namespace) -> None:
+    http = replace(config.http, host=args.host or config.http.host, port=args.port or config.http.port)
+    app = build_app(config, with_ingest=not args.no_ingest)
+    web.run_app(app, host=http.host, port=http.port, print=lambda s: log.info("%s", s))
+
+
+def cmd_migrate(config: Config) -> None:
+    store = open_store(config.storage)
+    store.open()
+    try:
+        applied = store.migrate()
+        print(f"{store.kind}: " + (f"applied {', '.join(applied)}" if applied else "up to date"))
+    finally:
+        store.close()
+
+
+def cmd_ingest(config: Config, args: argparse.Namespace) -> None:
+    settings = config.ingest
+    if args.shared:
+        if settings.mqtt.protocol != "5":
+            raise SystemExit("origincast: --shared needs MQTT 5 (ORIGINCAST_MQTT_PROTOCOL=5)")
+        settings = replace(settings, shared_group=args.shared)
+    if args.client_id:
+        settings = replace(settings, client_id=args.client_id)
+    store = open_store(config.storage)
+    store.open()
+    store.migrate()
+    from prometheus_client import CollectorRegistry
+
+    ingester = Ingester(settings, store, IngestMetrics(CollectorRegistry()))
+    stop = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    ingester.start()
+    log.info("ingesting from %s:%d as %s", settings.mqtt.host, settings.mqtt.port, settings.client_id)
+    try:
+        while not stop:
+            time.sleep(0.2)
+    finally:
+        ingester.stop()
+        store.close()
+        log.info("ingester stopped cleanly")
+
+
+def cmd_simulate(config: Config, interval: float) -> None:
+    from devices.simulator import Fleet, demo_fleet
+
+    m = config.ingest.mqtt
+    fleet = Fleet(demo_fleet(), m.host, m.port, interval_s=interval, protocol=m.protocol)
+    fleet.start()
+    try:
+        while True:
+            time.sleep(1)
+    finally:
+        fleet.stop()
+
+
+async def run_demo(config: Config, port: int, interval: float, duration: float) -> None:
+    from devices.simulator import Fleet, demo_fleet
+    from web.embedded_broker import EmbeddedBroker
+
+    broker: EmbeddedBroker | None = None
+    if config.mqtt_url is None:
+        broker = EmbeddedBroker()
+        await broker.start()
+        mqtt = replace(parse_mqtt_url(broker.url), protocol="3.1.1")
+        config = replace(config, ingest=replace(config.ingest, mqtt=mqtt, client_id="origincast-demo"))
+        log.info("embedded MQTT broker (MQTT 3.1.1) on %s", broker.url)
+    app = build_app(config)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, config.http.host, port)
+    await site.start()
+    m = config.ingest.mqtt
+    fleet = Fleet(demo_fleet(), m.host, m.port, interval_s=interval, protocol=m.protocol)
+    fleet.start()
+    print(
+        f"origincast demo: http://{config.http.host}:{port}/metrics · database {config.storage.url}"
+        f" · broker {m.host}:{m.port} · Ctrl-C to stop",
+        flush=True,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    started = time.monotonic()
+    try:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 5.0)
+            store = app[STORE]
+            latest = await asyncio.to_thread(store.latest)
+            count = await asyncio.to_thread(store.count_readings)
+            line = ", ".join(f"{r.device_id} {r.temp_c:+.1f} °C" for r in latest)
+            print(f"[{time.strftime('%H:%M:%S')}] {count} readings stored · {line}", flush=True)
+            if duration and time.monotonic() - started >= duration:
+                break
+    finally:
+        await asyncio.to_thread(fleet.stop)
+        await runner.cleanup()
+        if broker is not None:
+            await broker.stop()

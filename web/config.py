@@ -1,0 +1,202 @@
+"""Configuration in one place: a TOML file, then ORIGINCAST_* environment variables.
+
+Every value has a default, a type and a check; a bad value stops start-up with a message
+that names the setting, what was given and what is expected. The result is split into
+each core package's typed settings, so stream/ and telemetry/ never read files or the
+environment themselves.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from telemetry.settings import IngestSettings, MqttSettings, PayloadLimits, StorageSettings
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or wrong; the message says which and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class HttpSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    http: HttpSettings = field(default_factory=HttpSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    ingest: IngestSettings = field(default_factory=IngestSettings)
+    # None: no broker configured (the demo then starts an embedded one).
+    mqtt_url: str | None = field(default=None, repr=False)
+
+
+# (section, key) -> (type, default). Env name: ORIGINCAST_<SECTION>_<KEY>, except the two
+# URLs, which keep the short names operators expect.
+_SCHEMA: dict[tuple[str, str], tuple[type, object]] = {
+    ("http", "host"): (str, "127.0.0.1"),
+    ("http", "port"): (int, 8080),
+    ("database", "url"): (str, "sqlite:///origincast.db"),
+    ("database", "retention_days"): (int, 400),
+    ("database", "chunk_interval_hours"): (int, 24),
+    ("mqtt", "url"): (str, ""),
+    ("mqtt", "protocol"): (str, "5"),
+    ("ingest", "client_id"): (str, "origincast-ingest"),
+    ("ingest", "shared_group"): (str, ""),
+    ("ingest", "batch_max_rows"): (int, 5000),
+    ("ingest", "batch_max_delay_ms"): (int, 50),
+    ("ingest", "receive_maximum"): (int, 65535),
+    ("ingest", "max_payload_bytes"): (int, 256 * 1024),
+    ("ingest", "max_future_s"): (float, 300.0),
+}
+_SHORT_ENV = {("database", "url"): "ORIGINCAST_DATABASE_URL", ("mqtt", "url"): "ORIGINCAST_MQTT_URL"}
+
+
+def _env_name(section: str, key: str) -> str:
+    return _SHORT_ENV.get((section, key), f"ORIGINCAST_{section.upper()}_{key.upper()}")
+
+
+def _coerce(name: str, kind: type, value: object) -> object:
+    if kind is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{name}: expected a whole number, got {value!r}")
+        try:
+            return int(value)  # type: ignore[call-overload]
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: expected a whole number, got {value!r}") from None
+    if kind is float:
+        try:
+            return float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: expected a number, got {value!r}") from None
+    if not isinstance(value, str):
+        raise ConfigError(f"{name}: expected text, got {value!r}")
+    return value
+
+
+def _raw_values(toml: Mapping[str, object], env: Mapping[str, str]) -> dict[tuple[str, str], object]:
+    values: dict[tuple[str, str], object] = {}
+    for section, table in toml.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"config file: [{section}] must be a table")
+        for key, value in table.items():
+            if (section, key) not in _SCHEMA:
+                raise ConfigError(f"config file: unknown setting {section}.{key}")
+            kind = _SCHEMA[(section, key)][0]
+            values[(section, key)] = _coerce(f"{section}.{key}", kind, value)
+    for (section, key), (kind, _default) in _SCHEMA.items():
+        name = _env_name(section, key)
+        if name in env:
+            values[(section, key)] = _coerce(name, kind, env[name])
+    return values
+
+
+def parse_mqtt_url(url: str, name: str = "ORIGINCAST_MQTT_URL") -> MqttSettings:
+    """mqtt://user:pass@host:port (mqtts:// for TLS) -> MqttSettings."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts"):
+        raise ConfigError(f"{name}: expected mqtt://[user:pass@]host[:port] or mqtts://…, got {url!r}")
+    if not parts.hostname:
+        raise ConfigError(f"{name}: no host in {url!r}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError(f"{name}: the port in {url!r} is not a number from 1 to 65535") from None
+    tls = parts.scheme == "mqtts"
+    return MqttSettings(
+        host=parts.hostname,
+        port=port or (8883 if tls else 1883),
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password is not None else None,
+        tls=tls,
+    )
+
+
+def check_database_url(url: str, name: str = "ORIGINCAST_DATABASE_URL") -> str:
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        if not url.startswith("sqlite:///") or len(url) <= len("sqlite:///"):
+            raise ConfigError(
+                f"{name}: expected sqlite:///relative/path.db or sqlite:////absolute/path.db, got {url!r}"
+            )
+        return url
+    if parts.scheme in ("postgresql", "postgres"):
+        if not parts.hostname and "host=" not in parts.query:
+            raise ConfigError(f"{name}: no host in {url!r}")
+        try:
+            _ = parts.port
+        except ValueError:
+            raise ConfigError(f"{name}: the port in {url!r} is not a number from 1 to 65535") from None
+        return url
+    raise ConfigError(f"{name}: expected postgresql://user@host:port/db or sqlite:///path.db, got {url!r}")
+
+
+def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Config:
+    env = os.environ if env is None else env
+    path = path or env.get("ORIGINCAST_CONFIG") or None
+    toml: dict[str, object] = {}
+    if path:
+        try:
+            toml = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+    v = {k: d for k, (_t, d) in _SCHEMA.items()} | _raw_values(toml, env)
+
+    def positive(section: str, key: str) -> None:
+        if v[(section, key)] <= 0:  # type: ignore[operator]
+            raise ConfigError(f"{_env_name(section, key)}: must be greater than 0, got {v[(section, key)]!r}")
+
+    for sk in [
+        ("http", "port"),
+        ("database", "retention_days"),
+        ("ingest", "batch_max_rows"),
+        ("ingest", "batch_max_delay_ms"),
+        ("ingest", "receive_maximum"),
+        ("ingest", "max_payload_bytes"),
+        ("database", "chunk_interval_hours"),
+    ]:
+        positive(*sk)
+    if not 1 <= v[("http", "port")] <= 65535:  # type: ignore[operator]
+        raise ConfigError(f"{_env_name('http', 'port')}: must be 1..65535, got {v[('http', 'port')]!r}")
+    if v[("ingest", "receive_maximum")] > 65535:  # type: ignore[operator]
+        raise ConfigError("ORIGINCAST_INGEST_RECEIVE_MAXIMUM: MQTT allows at most 65535")
+    protocol = str(v[("mqtt", "protocol")])
+    if protocol not in ("5", "3.1.1"):
+        raise ConfigError(f"{_env_name('mqtt', 'protocol')}: expected '5' or '3.1.1', got {protocol!r}")
+
+    db_url = check_database_url(str(v[("database", "url")]))
+    mqtt_url = str(v[("mqtt", "url")]) or None
+    mqtt = parse_mqtt_url(mqtt_url) if mqtt_url else MqttSettings()
+    mqtt = replace(mqtt, protocol=protocol)
+    limits = replace(
+        PayloadLimits(),
+        max_payload_bytes=v[("ingest", "max_payload_bytes")],
+        max_future_s=v[("ingest", "max_future_s")],
+    )
+    ingest = IngestSettings(
+        mqtt=mqtt,
+        client_id=str(v[("ingest", "client_id")]),
+        shared_group=str(v[("ingest", "shared_group")]) or None,
+        batch_max_rows=int(v[("ingest", "batch_max_rows")]),  # type: ignore[call-overload]
+        batch_max_delay_s=int(v[("ingest", "batch_max_delay_ms")]) / 1000.0,  # type: ignore[call-overload]
+        receive_maximum=int(v[("ingest", "receive_maximum")]),  # type: ignore[call-overload]
+        limits=limits,
+    )
+    return Config(
+        http=HttpSettings(host=str(v[("http", "host")]), port=int(v[("http", "port")])),  # type: ignore[call-overload]
+        storage=StorageSettings(
+            url=db_url,
+            retention_days=int(v[("database", "retention_days")]),  # type: ignore[call-overload]
+            chunk_interval_hours=int(v[("database", "chunk_interval_hours")]),  # type: ignore[call-overload]
+        ),
+        ingest=ingest,
+        mqtt_url=mqtt_url,
+    )
