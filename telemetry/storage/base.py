@@ -1,0 +1,64 @@
+"""The one narrow interface every storage back end implements.
+
+Methods are synchronous: the ingester calls them from its own writer thread, the web
+tier through ``asyncio.to_thread``. Each back end is safe to call from several threads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from telemetry.readings import Bucket, Reading, Rejection
+
+
+class StorageUnavailable(Exception):
+    """The database cannot be reached now; the caller retries with backoff."""
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    inserted: int  # new rows stored
+    duplicates: int  # rows whose (device_id, ts) was already stored: redeliveries
+
+
+class Store(Protocol):
+    kind: str  # "timescale", "postgres" or "sqlite"
+
+    def open(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def migrate(self) -> list[str]:
+        """Apply pending migrations; return the names applied (empty when up to date)."""
+        ...
+
+    def write_batch(
+        self, readings: Sequence[Reading], rejections: Sequence[Rejection]
+    ) -> WriteResult:
+        """Store readings (idempotent on device_id+ts) and rejections in ONE transaction.
+
+        Returns only after commit. Raises StorageUnavailable when the database is down;
+        then nothing of the batch may be assumed stored, and a retry is safe.
+        """
+        ...
+
+    def latest(self, device_ids: Sequence[str] | None = None) -> list[Reading]:
+        """The latest reading of each device (of the given ones, or all)."""
+        ...
+
+    def history(
+        self, device_id: str, start: datetime, end: datetime, bucket: timedelta
+    ) -> list[Bucket]:
+        """min/max/mean/count of one device's readings in [start, end), bucketed."""
+        ...
+
+    def count_readings(self, device_id: str | None = None) -> int: ...
+
+    def recent_rejections(self, limit: int = 100) -> list[Rejection]: ...
+
+    def apply_retention(self) -> int:
+        """Drop readings older than the retention period; return how many chunks/rows."""
+        ...
