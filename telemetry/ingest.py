@@ -38,7 +38,8 @@ log = logging.getLogger(__name__)
 class IngestStatus:
     broker_connected: bool
     database_ok: bool
-    pending_messages: int
+    pending_messages: int  # received, waiting for a batch
+    unacked_messages: int  # received and not yet acknowledged (pending + being written)
     last_commit_at: float | None  # time.time() of the last committed batch
     last_error: str | None
 
@@ -61,6 +62,7 @@ class Ingester:
         self._database_ok = True
         self._last_commit_at: float | None = None
         self._last_error: str | None = None
+        self._writing = 0  # messages of the batch being written now
         self._writer: threading.Thread | None = None
         self._client = self._make_client()
 
@@ -97,10 +99,12 @@ class Ingester:
     def status(self) -> IngestStatus:
         with self._cond:
             pending = len(self._pending)
+            writing = self._writing
         return IngestStatus(
             broker_connected=self._connected,
             database_ok=self._database_ok,
             pending_messages=pending,
+            unacked_messages=pending + writing,
             last_commit_at=self._last_commit_at,
             last_error=self._last_error,
         )
@@ -213,6 +217,7 @@ class Ingester:
                 self._cond.wait(wait if n else 0.5)
             batch = self._pending[: s.batch_max_rows]
             del self._pending[: s.batch_max_rows]
+            self._writing = len(batch)
             if self._pending:
                 self._first_pending_at = self._pending[0][4]
             self._metrics.pending.set(len(self._pending))
@@ -249,6 +254,8 @@ class Ingester:
         with self._cond:
             generation = self._generation
         self._client.ack_many([mid for _, _, mid, gen, _ in batch if gen == generation])
+        with self._cond:
+            self._writing = 0
         m.messages.inc(len(batch))
         m.received.inc(len(readings))
         m.stored.inc(result_w.inserted)

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# THE test command (README, CI). Works on a brand-new Debian 12 machine as root:
+# installs what is missing, makes .venv, builds the cached TimescaleDB root, then runs
+# ruff, import-linter and pytest. Extra arguments go to pytest:
+#     bash scripts/test.sh -x -k storage
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# Debian packages the tests start or call. mosquitto/postgresql-15: the servers;
+# mosquitto-clients: load generators; debootstrap: the Debian 13 root with TimescaleDB;
+# util-linux: setpriv (PostgreSQL refuses to run as root).
+APT_PACKAGES=(mosquitto mosquitto-clients postgresql-15 debootstrap util-linux ca-certificates)
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
+        missing+=("$pkg")
+    fi
+done
+if ((${#missing[@]})); then
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "test.sh: missing Debian packages: ${missing[*]} (run as root or install them)" >&2
+        exit 1
+    fi
+    echo "test.sh: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update
+    apt-get install -y --no-install-recommends "${missing[@]}"
+fi
+
+if [[ ! -x .venv/bin/python ]]; then
+    python=$(command -v python3.11 || command -v python3)
+    "$python" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+
+# Build the TimescaleDB root now (once per machine, about a minute) so that no test
+# times out doing it.
+.venv/bin/python scripts/services.py prepare
+
+# Run every check even if an earlier one fails, so one CI run reports all of them;
+# the exit code is non-zero if any failed.
+failed=()
+.venv/bin/ruff check . || failed+=(ruff)
+.venv/bin/lint-imports || failed+=(lint-imports)
+.venv/bin/pytest "$@" || failed+=(pytest)
+
+if ((${#failed[@]})); then
+    echo "test.sh: FAILED: ${failed[*]}" >&2
+    exit 1
+fi
+echo "test.sh: all checks passed"

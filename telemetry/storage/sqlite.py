@@ -1,0 +1,319 @@
+"""SQLite back end: the embedded default of ``origincast demo``; same behaviour, small scale.
+
+One connection (stdlib ``sqlite3``) guarded by a lock serves every thread. WAL journal
+with ``synchronous=FULL``: a batch whose write_batch() returned survives a power cut.
+Timestamps are INTEGER microseconds since the Unix epoch, UTC.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from telemetry.readings import Bucket, Reading, Rejection
+from telemetry.settings import StorageSettings
+from telemetry.storage.base import StorageUnavailable, WriteResult
+from telemetry.storage.migrate import load_migrations, split_sqlite_statements
+
+log = logging.getLogger(__name__)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+
+_INSERT_READING = (
+    "INSERT OR IGNORE INTO readings"
+    " (device_id, ts, temp_c, rh, battery_v, door_open, seq, received_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_REJECTION = (
+    "INSERT INTO rejected_messages (received_at, topic, payload_head, reason, detail)"
+    " VALUES (?, ?, ?, ?, ?)"
+)
+_READING_COLUMNS = "device_id, ts, temp_c, rh, battery_v, door_open, seq"
+
+
+def to_us(ts: datetime) -> int:
+    """A timezone-aware datetime as integer microseconds since the Unix epoch (exact)."""
+    if ts.tzinfo is None:
+        raise ValueError(f"naive datetime {ts!r}: timestamps must be timezone-aware")
+    delta = ts - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_us(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)
+
+
+def clean_text(value: str) -> str:
+    """Text the database can store: no NUL, no lone surrogates (from lenient decoding)."""
+    if "\x00" in value:
+        value = value.replace("\x00", "\\x00")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
+
+
+def database_path(url: str) -> str:
+    """``sqlite:///relative.db``, ``sqlite:////absolute/path.db``, ``sqlite:///:memory:``."""
+    if not url.startswith("sqlite://"):
+        raise ValueError(f"not a sqlite URL: {url!r}")
+    rest = url[len("sqlite://") :]
+    rest = rest.split("?", 1)[0]
+    if rest in ("", "/", "/:memory:", ":memory:"):
+        return ":memory:"
+    if not rest.startswith("/"):
+        raise ValueError(f"sqlite URL must be sqlite:///path: {url!r}")
+    return rest[1:]
+
+
+def _reading(row: tuple) -> Reading:
+    device_id, ts, temp_c, rh, battery_v, door_open, seq = row
+    return Reading(
+        device_id=device_id,
+        ts=from_us(ts),
+        temp_c=temp_c,
+        rh=rh,
+        battery_v=battery_v,
+        door_open=None if door_open is None else bool(door_open),
+        seq=seq,
+    )
+
+
+class SqliteStore:
+    kind = "sqlite"
+
+    def __init__(self, settings: StorageSettings) -> None:
+        self._settings = settings
+        self._path = database_path(settings.url)
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def open(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                return
+            if self._path != ":memory:":
+                Path(self._path).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                # isolation_level=None: no implicit transactions; we BEGIN/COMMIT ourselves.
+                conn = sqlite3.connect(
+                    self._path, timeout=10.0, isolation_level=None, check_same_thread=False
+                )
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=FULL")
+                conn.execute("PRAGMA busy_timeout=10000")
+            except sqlite3.Error as exc:
+                raise StorageUnavailable(f"cannot open {self._path}: {exc}") from exc
+            self._conn = conn
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError("SqliteStore is not open")
+        return self._conn
+
+    def features(self) -> dict[str, bool]:
+        return {
+            "timescaledb": False,
+            "hypertable": False,
+            "compression": False,
+            "retention_policy": False,
+            "continuous_aggregate": False,
+        }
+
+    # -- schema ------------------------------------------------------------------------
+
+    def migrate(self) -> list[str]:
+        """Apply pending migrations, each in its own transaction; safe across processes
+        (BEGIN IMMEDIATE takes the database's write lock before the version is checked)."""
+        applied: list[str] = []
+        with self._lock:
+            conn = self._connection()
+            try:
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                    " version INTEGER PRIMARY KEY, name TEXT NOT NULL,"
+                    " applied_at INTEGER NOT NULL)"
+                )
+                for migration in load_migrations("sqlite"):
+                    conn.execute("BEGIN IMMEDIATE")
+                    try:
+                        done = conn.execute(
+                            "SELECT 1 FROM schema_migrations WHERE version = ?",
+                            (migration.version,),
+                        ).fetchone()
+                        if done is None:
+                            for statement in split_sqlite_statements(migration.sql):
+                                conn.execute(statement)
+                            conn.execute(
+                                "INSERT INTO schema_migrations (version, name, applied_at)"
+                                " VALUES (?, ?, ?)",
+                                (migration.version, migration.name, time.time_ns() // 1000),
+                            )
+                        conn.execute("COMMIT")
+                    except BaseException:
+                        conn.execute("ROLLBACK")
+                        raise
+                    if done is None:
+                        log.info("sqlite migration applied: %s", migration.name)
+                        applied.append(migration.name)
+            except sqlite3.OperationalError as exc:
+                raise StorageUnavailable(f"sqlite migrate failed: {exc}") from exc
+        return applied
+
+    # -- ingest ------------------------------------------------------------------------
+
+    def write_batch(
+        self, readings: Sequence[Reading], rejections: Sequence[Rejection]
+    ) -> WriteResult:
+        received_at = time.time_ns() // 1000
+        rows = [
+            (
+                r.device_id,
+                to_us(r.ts),
+                r.temp_c,
+                r.rh,
+                r.battery_v,
+                None if r.door_open is None else int(r.door_open),
+                r.seq,
+                received_at,
+            )
+            for r in readings
+        ]
+        rejected = [
+            (
+                to_us(j.received_at),
+                clean_text(j.topic),
+                clean_text(j.payload_head),
+                clean_text(j.reason),
+                clean_text(j.detail),
+            )
+            for j in rejections
+        ]
+        with self._lock:
+            conn = self._connection()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    before = conn.total_changes
+                    if rows:
+                        # OR IGNORE: the first of equal keys wins, in the batch and across
+                        # batches; total_changes counts only rows really inserted.
+                        conn.executemany(_INSERT_READING, rows)
+                    inserted = conn.total_changes - before
+                    if rejected:
+                        conn.executemany(_INSERT_REJECTION, rejected)
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as exc:
+                # locked past busy_timeout, disk full, I/O error: retry later
+                raise StorageUnavailable(f"sqlite write failed: {exc}") from exc
+        return WriteResult(inserted=inserted, duplicates=len(rows) - inserted)
+
+    # -- queries -----------------------------------------------------------------------
+
+    def _query(self, sql: str, params: Sequence = ()) -> list[tuple]:
+        with self._lock:
+            try:
+                return self._connection().execute(sql, params).fetchall()
+            except sqlite3.OperationalError as exc:
+                raise StorageUnavailable(f"sqlite query failed: {exc}") from exc
+
+    def latest(self, device_ids: Sequence[str] | None = None) -> list[Reading]:
+        if device_ids is None:
+            # bare-column-with-max(): SQLite returns the other columns of the max row;
+            # the (device_id, ts) key makes it one index walk per device
+            rows = self._query(
+                "SELECT device_id, max(ts), temp_c, rh, battery_v, door_open, seq"
+                " FROM readings GROUP BY device_id ORDER BY device_id"
+            )
+        else:
+            rows = []
+            for device_id in sorted(set(device_ids)):
+                rows += self._query(
+                    f"SELECT {_READING_COLUMNS} FROM readings WHERE device_id = ?"
+                    " ORDER BY ts DESC LIMIT 1",
+                    (device_id,),
+                )
+        return [_reading(row) for row in rows]
+
+    def history(
+        self, device_id: str, start: datetime, end: datetime, bucket: timedelta
+    ) -> list[Bucket]:
+        width = bucket // _US
+        if width <= 0:
+            raise ValueError(f"bucket must be positive: {bucket!r}")
+        # floor to a multiple of the width counted from the Unix epoch (also before 1970)
+        rows = self._query(
+            "SELECT ts - (((ts % :w) + :w) % :w) AS b, min(temp_c), max(temp_c),"
+            " avg(temp_c), count(*)"
+            " FROM readings WHERE device_id = :d AND ts >= :s AND ts < :e"
+            " GROUP BY b ORDER BY b",
+            {"w": width, "d": device_id, "s": to_us(start), "e": to_us(end)},
+        )
+        return [
+            Bucket(
+                device_id=device_id,
+                start=from_us(b),
+                min_c=lo,
+                max_c=hi,
+                mean_c=mean,
+                count=n,
+            )
+            for b, lo, hi, mean, n in rows
+        ]
+
+    def count_readings(self, device_id: str | None = None) -> int:
+        if device_id is None:
+            rows = self._query("SELECT count(*) FROM readings")
+        else:
+            rows = self._query("SELECT count(*) FROM readings WHERE device_id = ?", (device_id,))
+        return int(rows[0][0])
+
+    def recent_rejections(self, limit: int = 100) -> list[Rejection]:
+        rows = self._query(
+            "SELECT topic, payload_head, reason, detail, received_at FROM rejected_messages"
+            " ORDER BY received_at DESC, id DESC LIMIT ?",
+            (limit,),
+        )
+        return [
+            Rejection(topic=t, payload_head=p, reason=r, detail=d, received_at=from_us(at))
+            for t, p, r, d, at in rows
+        ]
+
+    def apply_retention(self) -> int:
+        """Delete readings (and rejections) older than the retention period; return the
+        number of readings deleted."""
+        cutoff = time.time_ns() // 1000 - self._settings.retention_days * 86_400_000_000
+        with self._lock:
+            conn = self._connection()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    deleted = conn.execute("DELETE FROM readings WHERE ts < ?", (cutoff,)).rowcount
+                    conn.execute("DELETE FROM rejected_messages WHERE received_at < ?", (cutoff,))
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as exc:
+                raise StorageUnavailable(f"sqlite retention failed: {exc}") from exc
+        return deleted

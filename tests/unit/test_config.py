@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import pytest
+
+from web.config import ConfigError, load_config
+
+
+def test_defaults_need_no_service():
+    c = load_config(env={})
+    assert c.storage.url.startswith("sqlite:///")
+    assert c.mqtt_url is None
+    assert c.http.port == 8080
+
+
+def test_env_urls_parsed():
+    c = load_config(
+        env={
+            "ORIGINCAST_MQTT_URL": "mqtt://ingest:s%40cret@broker.local:1884",
+            "ORIGINCAST_DATABASE_URL": "postgresql://app@db:5433/origincast",
+        }
+    )
+    m = c.ingest.mqtt
+    assert (m.host, m.port, m.username, m.password, m.tls) == ("broker.local", 1884, "ingest", "s@cret", False)
+    assert c.storage.url == "postgresql://app@db:5433/origincast"
+    assert "s@cret" not in repr(c) and "s%40cret" not in repr(c)
+
+
+def test_mqtts_defaults_to_8883():
+    m = load_config(env={"ORIGINCAST_MQTT_URL": "mqtts://b.example"}).ingest.mqtt
+    assert (m.port, m.tls) == (8883, True)
+
+
+def test_toml_then_env_override(tmp_path):
+    f = tmp_path / "o.toml"
+    f.write_text('[ingest]\nbatch_max_rows = 100\nbatch_max_delay_ms = 20\n[http]\nport = 9000\n')
+    c = load_config(f, env={"ORIGINCAST_HTTP_PORT": "9100"})
+    assert c.ingest.batch_max_rows == 100
+    assert c.ingest.batch_max_delay_s == pytest.approx(0.02)
+    assert c.http.port == 9100
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"ORIGINCAST_MQTT_URL": "http://broker"}, "ORIGINCAST_MQTT_URL: expected mqtt://"),
+        ({"ORIGINCAST_MQTT_URL": "mqtt://broker:70000"}, "not a number from 1 to 65535"),
+        ({"ORIGINCAST_MQTT_URL": "mqtt://"}, "no host"),
+        ({"ORIGINCAST_DATABASE_URL": "mysql://x/y"}, "expected postgresql://"),
+        ({"ORIGINCAST_DATABASE_URL": "sqlite://"}, "expected sqlite:///"),
+        ({"ORIGINCAST_HTTP_PORT": "eighty"}, "ORIGINCAST_HTTP_PORT: expected a whole number"),
+        ({"ORIGINCAST_INGEST_BATCH_MAX_ROWS": "0"}, "must be greater than 0"),
+        ({"ORIGINCAST_INGEST_RECEIVE_MAXIMUM": "70000"}, "at most 65535"),
+        ({"ORIGINCAST_MQTT_PROTOCOL": "4"}, "expected '5' or '3.1.1'"),
+    ],
+)
+def test_bad_values_are_named(env, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("?", r"\?")):
+        load_config(env=env)
+
+
+def test_bad_toml_file(tmp_path):
+    f = tmp_path / "bad.toml"
+    f.write_text("[ingest\n")
+    with pytest.raises(ConfigError, match="bad.toml"):
+        load_config(f, env={})
+    g = tmp_path / "unknown.toml"
+    g.write_text("[ingest]\nbatchsize = 3\n")
+    with pytest.raises(ConfigError, match="unknown setting ingest.batchsize"):
+        load_config(g, env={})
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.toml", env={})
