@@ -404,17 +404,19 @@ class PostgresStore:
                     cur.executemany(_INSERT_REJECTION, rejected)
             conn.commit()
             return len(rows)
-        except (errors.UniqueViolation, *_RETRYABLE_CONFLICTS):
+        except (errors.UniqueViolation, *_RETRYABLE_CONFLICTS) as exc:
             # a key already stored (a redelivery), or a lock conflict with another writer
             # inserting the same keys: redo the batch the slow, conflict-tolerant way
             conn.rollback()
+            log.debug("batch of %d readings takes the slow path: %s", len(rows), exc.sqlstate)
         for attempt in range(3):
             try:
                 inserted = self._write_slow(conn, rows, rejected)
                 conn.commit()
                 return inserted
-            except _RETRYABLE_CONFLICTS:
+            except _RETRYABLE_CONFLICTS as exc:
                 conn.rollback()
+                log.info("slow path conflict (%s), attempt %d of 3", exc.sqlstate, attempt + 1)
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")

@@ -75,7 +75,9 @@ def test_ingester_kill9_midrun(mosquitto, ts_url):
     def kill_and_restart(ing: IngesterProcess) -> IngesterProcess:
         ing.kill9()
         time.sleep(1.0)
-        again = IngesterProcess(ing.env["ORIGINCAST_DATABASE_URL"], ing.env["ORIGINCAST_MQTT_URL"], ing.args[5])
+        again = IngesterProcess(
+            ing.env["ORIGINCAST_DATABASE_URL"], ing.env["ORIGINCAST_MQTT_URL"], ing.args[5]
+        )
         again.start()
         return again
 

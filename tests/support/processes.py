@@ -19,7 +19,12 @@ class IngesterProcess:
 
     def __init__(self, database_url: str, mqtt_url: str, client_id: str, *extra: str, **env: str) -> None:
         self.args = [sys.executable, "-m", "web", "ingest", "--client-id", client_id, *extra]
-        self.env = {**os.environ, "ORIGINCAST_DATABASE_URL": database_url, "ORIGINCAST_MQTT_URL": mqtt_url, **env}
+        self.env = {
+            **os.environ,
+            "ORIGINCAST_DATABASE_URL": database_url,
+            "ORIGINCAST_MQTT_URL": mqtt_url,
+            **env,
+        }
         self.proc: subprocess.Popen[str] | None = None
         self.log: list[str] = []
 
@@ -60,10 +65,21 @@ class IngesterProcess:
             raise AssertionError("ingester did not stop within %.0f s of SIGTERM" % timeout) from None
 
 
-def start_publishers(host: str, port: int, devices: list[str], per_device: int, base_ms: int) -> list[subprocess.Popen[str]]:
+def start_publishers(
+    host: str, port: int, devices: list[str], per_device: int, base_ms: int
+) -> list[subprocess.Popen[str]]:
     return [
         subprocess.Popen(
-            [sys.executable, "-m", "tests.support.publisher", host, str(port), d, str(per_device), str(base_ms)],
+            [
+                sys.executable,
+                "-m",
+                "tests.support.publisher",
+                host,
+                str(port),
+                d,
+                str(per_device),
+                str(base_ms),
+            ],
             cwd=REPO,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
