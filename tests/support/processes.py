@@ -62,7 +62,7 @@ class IngesterProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(10)
-            raise AssertionError("ingester did not stop within %.0f s of SIGTERM" % timeout) from None
+            raise AssertionError(f"ingester did not stop within {timeout:.0f} s of SIGTERM") from None
 
 
 def start_publishers(
