@@ -52,8 +52,9 @@ class Ingester:
         self._store = store
         self._metrics = metrics
         self._cond = threading.Condition()
-        # Each entry: (topic, payload, mid, connection generation, monotonic receive time).
-        self._pending: list[tuple[str, bytes, int, int, float]] = []
+        # Each entry: (topic, payload, packet id (0 for QoS 0), connection generation,
+        # monotonic receive time).
+        self._pending: list[tuple[bytes, bytes, int, int, float]] = []
         self._first_pending_at = 0.0
         self._accepting = False
         self._stopping = False
@@ -141,7 +142,7 @@ class Ingester:
         client.max_inflight_messages_set(20)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
+        client.on_raw_message = self._on_message
         return client
 
     @property
@@ -185,7 +186,7 @@ class Ingester:
         if not self._stopping:
             log.warning("disconnected from broker (%s); reconnecting", reason)
 
-    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+    def _on_message(self, topic: bytes, payload: bytes, mid: int, qos: int) -> None:
         if not self._accepting:
             return  # not acknowledged: the broker delivers it again to our next session
         now = time.monotonic()
@@ -193,13 +194,13 @@ class Ingester:
             pending = self._pending
             if not pending:
                 self._first_pending_at = now
-            pending.append((msg.topic, msg.payload, msg.mid, self._generation, now))
+            pending.append((topic, payload, mid, self._generation, now))
             if len(pending) == self._settings.batch_max_rows:
                 self._cond.notify()
 
     # -- writer thread -------------------------------------------------------------------
 
-    def _take_batch(self) -> list[tuple[str, bytes, int, int, float]] | None:
+    def _take_batch(self) -> list[tuple[bytes, bytes, int, int, float]] | None:
         """Wait for a full or old-enough batch; None when stopping and nothing is left."""
         s = self._settings
         with self._cond:
@@ -234,14 +235,14 @@ class Ingester:
                 log.exception("unexpected error while writing a batch; it will be redelivered")
                 self._last_error = "internal error while writing a batch (see log)"
 
-    def _process(self, batch: list[tuple[str, bytes, int, int, float]]) -> None:
+    def _process(self, batch: list[tuple[bytes, bytes, int, int, float]]) -> None:
         m = self._metrics
         limits = self._settings.limits
         now = datetime.now(UTC)
         readings: list[Reading] = []
         rejections: list[Rejection] = []
         for topic, payload, _mid, _gen, _t in batch:
-            result = parse_message(topic, payload, limits, now)
+            result = parse_message(topic.decode("utf-8", "replace"), payload, limits, now)
             readings.extend(result.readings)
             if result.rejections:
                 rejections.extend(result.rejections)
@@ -250,10 +251,11 @@ class Ingester:
         if result_w is None:
             return  # stopping with the database down: unacked, the broker keeps them
         committed = time.monotonic()
-        # Acknowledge only messages of the live connection, in arrival order.
+        # Acknowledge only QoS 1 messages (mid 0 is QoS 0) of the live connection, in
+        # arrival order.
         with self._cond:
             generation = self._generation
-        self._client.ack_many([mid for _, _, mid, gen, _ in batch if gen == generation])
+        self._client.ack_many([mid for _, _, mid, gen, _ in batch if mid and gen == generation])
         with self._cond:
             self._writing = 0
         m.messages.inc(len(batch))

@@ -221,14 +221,20 @@ def _dt_from_us(us: int) -> datetime:
     try:
         return _EPOCH + timedelta(0, 0, us)
     except OverflowError:
-        raise _Reject("bad_ts", f"{us / 1e6:.0f} s since 1970 is outside years 1..9999") from None
+        raise _Reject("bad_ts", f"{_secs(us)} s since 1970 is outside years 1..9999") from None
 
 
 def _iso(us: int) -> str:
     try:
         return _dt_from_us(us).isoformat().replace("+00:00", "Z")
     except (_Reject, OverflowError, ValueError, OSError):
-        return f"{us / 1e6:.0f} s since 1970"
+        return f"{_secs(us)} s since 1970"
+
+
+def _secs(us: int) -> str:
+    """µs as seconds for a detail: 3 decimals, or 6 significant digits when huge."""
+    s = us / 1e6
+    return f"{s:.3f}" if -1e12 < s < 1e12 else f"{s:.6g}"
 
 
 def _kind(v: Any) -> str:
@@ -321,7 +327,12 @@ def _ts_str(s: str, name: str) -> tuple[int, datetime]:
                         "bad_ts", f"{name} {_show(s)} is not a valid date-time: {e}"
                     ) from None
                 if dt.tzinfo is not _UTC:
-                    dt = dt.astimezone(_UTC)
+                    try:
+                        dt = dt.astimezone(_UTC)
+                    except OverflowError:
+                        raise _Reject(
+                            "bad_ts", f"{name} {_show(s)} is outside years 1..9999 in UTC"
+                        ) from None
                 return (dt - _EPOCH) // _ONE_US, dt
     raise _Reject(
         "bad_ts",
@@ -370,7 +381,7 @@ def _window(us: int, lo_us: int, hi_us: int, name: str, now_us: int, lim: Payloa
     if us > hi_us:
         raise _Reject(
             "ts_in_future",
-            f"{name} {_iso(us)} is {(us - now_us) / 1e6:.3f} s ahead of the server clock "
+            f"{name} {_iso(us)} is {_secs(us - now_us)} s ahead of the server clock "
             f"({_iso(now_us)}); at most {lim.max_future_s:g} s is allowed",
         )
     if us < lo_us:
@@ -681,13 +692,13 @@ def _senml(records: list, device_id: str, cx: _Ctx, readings: list, rejected: li
             else:
                 total = bt_us
             ts_us = cx.now_us + total if total < _SENML_RELATIVE_US else total
+            unit = rec.get("u", bu)
+            if unit is not None and type(unit) is not str:
+                raise _Reject("bad_type", f"u is {_kind(unit)}, expected a string")
             g = groups.get(ts_us)
             if g is None:
                 g = groups[ts_us] = _Group()
             g.records.append(i)
-            unit = rec.get("u", bu)
-            if unit is not None and type(unit) is not str:
-                raise _Reject("bad_type", f"u is {_kind(unit)}, expected a string")
             if kind is None:
                 if g.hint is None and unit in ("Cel", "K"):
                     g.hint = f"record {i} ({_show(full)}, {unit}) is not named temp or temperature"

@@ -214,8 +214,11 @@ class PostgresStore:
                 with conn.transaction():
                     conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
                 features["timescaledb"] = True
-            except (errors.FeatureNotSupported, errors.ObjectNotInPrerequisiteState) as exc:
-                # e.g. installed but not in shared_preload_libraries: run as plain PostgreSQL
+            except psycopg.DatabaseError as exc:
+                if conn.closed or conn.broken:
+                    raise
+                # installed but not in shared_preload_libraries, or a role that may not
+                # create extensions: run as plain PostgreSQL, and say so
                 log.warning("timescaledb is available but cannot be created: %s", exc)
                 details["timescaledb"] = str(exc).strip()
         license_ = None
@@ -353,6 +356,14 @@ class PostgresStore:
     def write_batch(
         self, readings: Sequence[Reading], rejections: Sequence[Rejection]
     ) -> WriteResult:
+        """Store the batch in one transaction; see Store.write_batch.
+
+        ``duplicates`` counts every reading not inserted: keys already stored and keys
+        repeated in the batch (the first of those wins). A connection lost during the
+        commit leaves its outcome unknown: StorageUnavailable is raised and the retry
+        reports the readings that did land as duplicates (rejections of such a batch
+        may then be recorded twice; they have no key).
+        """
         # Dedupe in the batch first (the first reading of a key wins): a key twice in
         # one COPY would fail it and send every such batch down the slow path.
         unique: dict[tuple[str, datetime], tuple] = {}
