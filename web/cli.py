@@ -142,6 +142,8 @@ async def run_demo(config: Config, port: int, interval: float, duration: float) 
     from devices.simulator import Fleet, demo_fleet
     from web.embedded_broker import EmbeddedBroker
 
+    # A newcomer's console is for the readings, not for every HTTP request.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     broker: EmbeddedBroker | None = None
     if config.mqtt_url is None:
         broker = EmbeddedBroker()

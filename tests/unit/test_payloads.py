@@ -389,7 +389,7 @@ def test_message_level_rejections(payload, reason, detail):
         (b'{"ts":1795507200000,"temp_c":3.4', "line 1 column 33 (char 32)"),
         (b"ts=1795507200000 temp=3.4", "line 1 column 1 (char 0)"),
         (b'{"ts":1795507200000,"temp_c":3.4}{}', "line 1 column 34 (char 33)"),
-        (b'{"ts":1795507200000,\n"temp_c":3.4,}', "line 2 column 14 (char 34)"),
+        (b'{"ts":1795507200000,\n"temp_c":3.4,}', "line 2 column 13 (char 33)"),
         (b'{"ts":1795507200000,"temp_c":"\\ud800"}', "line 1 column 31 (char 30)"),
         (b'{"ts":1795507200000,"temp_c":3.4,"rh":NaN}', "line 1 column 39 (char 38)"),
     ],
