@@ -1023,17 +1023,59 @@ JSON_VALUES = st.recursive(
     ),
     max_leaves=40,
 )
-# Objects shaped like the accepted formats, with values that are sometimes wrong.
-READING_LIKE = st.dictionaries(st.sampled_from(VOCAB), st.one_of(PLAUSIBLE, JSON_SCALARS),
-                               max_size=9)
-TB_LIKE = st.fixed_dictionaries({"ts": PLAUSIBLE, "values": READING_LIKE})
-SENML_LIKE = st.lists(
-    st.dictionaries(st.sampled_from(["bn", "bt", "bu", "bv", "bver", "n", "u", "v", "vb", "t",
-                                     "vs", "s"]),
-                    st.one_of(PLAUSIBLE, JSON_SCALARS, st.sampled_from(VOCAB),
-                              st.integers(-400, 400)), max_size=6),
-    max_size=12,
+# Values near and across the boundaries, so that many messages are (partly) valid.
+TS_VALUES = st.one_of(
+    st.integers(NOW_MS - 3650 * 86_400_000 - 5_000, NOW_MS + 310_000),
+    st.floats(NOW_MS - 3650 * 86_400_000.0, NOW_MS + 310_000.0),
+    st.datetimes(min_value=datetime(2016, 1, 1), max_value=datetime(2026, 11, 24, 8, 6),
+                 timezones=st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30)),
+                                            timezone(timedelta(hours=-8))])).map(
+        lambda d: d.isoformat()),
+    PLAUSIBLE,
+    JSON_SCALARS,
 )
+NUMS = st.one_of(st.floats(-120, 170), st.integers(-120, 170), PLAUSIBLE, JSON_SCALARS)
+OPTIONAL = {
+    "rh": NUMS, "battery_v": NUMS, "door_open": st.one_of(st.booleans(), JSON_SCALARS),
+    "seq": st.one_of(st.integers(-5, 2**64 - 1), JSON_SCALARS), "extra": JSON_SCALARS,
+}
+READING_LIKE = st.one_of(
+    st.fixed_dictionaries({"ts": TS_VALUES, "temp_c": NUMS}, optional=OPTIONAL),
+    st.dictionaries(st.sampled_from(VOCAB), st.one_of(PLAUSIBLE, JSON_SCALARS), max_size=9),
+)
+TB_LIKE = st.fixed_dictionaries(
+    {"ts": TS_VALUES},
+    optional={
+        "values": st.one_of(
+            st.fixed_dictionaries(
+                {},
+                optional={"temperature": NUMS, "temp_c": NUMS, "temp": NUMS, "humidity": NUMS,
+                          "rh": NUMS, "battery": NUMS, "door": st.booleans(), "seq": NUMS},
+            ),
+            JSON_SCALARS,
+        )
+    },
+)
+SENML_RECORD = st.fixed_dictionaries(
+    {},
+    optional={
+        "bn": st.sampled_from(["urn:dev:ow:1:", "d/", "", "x.temp"]) | JSON_SCALARS,
+        "bt": st.one_of(st.integers(NOW_S - 400_000_000, NOW_S + 400),
+                        st.floats(-1e9, 2e9), JSON_SCALARS),
+        "bu": st.sampled_from(["Cel", "K", "%RH", "V", "A"]) | JSON_SCALARS,
+        "bv": st.one_of(st.floats(-10, 300), JSON_SCALARS),
+        "bver": st.one_of(st.integers(0, 12), JSON_SCALARS),
+        "n": st.one_of(st.sampled_from([*payloads._SENML_NAMES, "voltage", "x"]),
+                       JSON_SCALARS),
+        "u": st.sampled_from(["Cel", "K", "%RH", "V", "A", "degF"]) | JSON_SCALARS,
+        "v": NUMS,
+        "vb": st.one_of(st.booleans(), JSON_SCALARS),
+        "vs": st.text(max_size=5),
+        "t": st.one_of(st.integers(-400, 400), st.floats(-1e9, 2e9), JSON_SCALARS),
+        "must_": st.just(1),
+    },
+)
+SENML_LIKE = st.lists(SENML_RECORD, max_size=12)
 DEVICE_LIKE = st.one_of(
     JSON_VALUES, READING_LIKE, TB_LIKE, SENML_LIKE,
     st.lists(st.one_of(READING_LIKE, TB_LIKE), max_size=8),
