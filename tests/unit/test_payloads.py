@@ -1026,6 +1026,7 @@ JSON_VALUES = st.recursive(
 # Values near and across the boundaries, so that many messages are (partly) valid.
 TS_VALUES = st.one_of(
     st.integers(NOW_MS - 3650 * 86_400_000 - 5_000, NOW_MS + 310_000),
+    st.integers(NOW_MS - 86_400_000, NOW_MS + 310_000),
     st.floats(NOW_MS - 3650 * 86_400_000.0, NOW_MS + 310_000.0),
     st.datetimes(min_value=datetime(2016, 1, 1), max_value=datetime(2026, 11, 24, 8, 6),
                  timezones=st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30)),
@@ -1034,10 +1035,15 @@ TS_VALUES = st.one_of(
     PLAUSIBLE,
     JSON_SCALARS,
 )
-NUMS = st.one_of(st.floats(-120, 170), st.integers(-120, 170), PLAUSIBLE, JSON_SCALARS)
+NUMS = st.one_of(st.floats(-120, 170), st.integers(-120, 170), st.floats(-120, 170),
+                 PLAUSIBLE | JSON_SCALARS)
+# Optional fields: mostly valid, sometimes not.
 OPTIONAL = {
-    "rh": NUMS, "battery_v": NUMS, "door_open": st.one_of(st.booleans(), JSON_SCALARS),
-    "seq": st.one_of(st.integers(-5, 2**64 - 1), JSON_SCALARS), "extra": JSON_SCALARS,
+    "rh": st.floats(0, 100) | st.floats(0, 100) | NUMS,
+    "battery_v": st.floats(0, 5) | st.floats(0, 5) | NUMS,
+    "door_open": st.booleans() | st.booleans() | JSON_SCALARS,
+    "seq": st.integers(0, 2**20) | st.integers(-5, 2**64 - 1) | JSON_SCALARS,
+    "extra": JSON_SCALARS,
 }
 READING_LIKE = st.one_of(
     st.fixed_dictionaries({"ts": TS_VALUES, "temp_c": NUMS}, optional=OPTIONAL),
@@ -1061,12 +1067,13 @@ SENML_RECORD = st.fixed_dictionaries(
     optional={
         "bn": st.sampled_from(["urn:dev:ow:1:", "d/", "", "x.temp"]) | JSON_SCALARS,
         "bt": st.one_of(st.integers(NOW_S - 400_000_000, NOW_S + 400),
+                        st.integers(NOW_S - 86_400, NOW_S + 400), st.integers(-1000, 0),
                         st.floats(-1e9, 2e9), JSON_SCALARS),
         "bu": st.sampled_from(["Cel", "K", "%RH", "V", "A"]) | JSON_SCALARS,
         "bv": st.one_of(st.floats(-10, 300), JSON_SCALARS),
         "bver": st.one_of(st.integers(0, 12), JSON_SCALARS),
         "n": st.one_of(st.sampled_from([*payloads._SENML_NAMES, "voltage", "x"]),
-                       JSON_SCALARS),
+                       st.sampled_from(["temp", "temperature"]), JSON_SCALARS),
         "u": st.sampled_from(["Cel", "K", "%RH", "V", "A", "degF"]) | JSON_SCALARS,
         "v": NUMS,
         "vb": st.one_of(st.booleans(), JSON_SCALARS),
@@ -1077,14 +1084,14 @@ SENML_RECORD = st.fixed_dictionaries(
 )
 SENML_LIKE = st.lists(SENML_RECORD, max_size=12)
 DEVICE_LIKE = st.one_of(
-    JSON_VALUES, READING_LIKE, TB_LIKE, SENML_LIKE,
+    JSON_VALUES, READING_LIKE, READING_LIKE, TB_LIKE, SENML_LIKE, SENML_LIKE,
     st.lists(st.one_of(READING_LIKE, TB_LIKE), max_size=8),
 )
 LIMITS = st.one_of(
     st.just(LIM),
     st.builds(
         PayloadLimits,
-        max_payload_bytes=st.integers(0, 4096),
+        max_payload_bytes=st.sampled_from([0, 64, 1 << 18]) | st.integers(0, 4096),
         max_readings_per_message=st.integers(1, 10),
         min_temp_c=st.floats(-200, 0),
         max_temp_c=st.floats(0, 200),
