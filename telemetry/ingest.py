@@ -238,11 +238,12 @@ class Ingester:
     def _process(self, batch: list[tuple[bytes, bytes, int, int, float]]) -> None:
         m = self._metrics
         limits = self._settings.limits
+        prefix = self._settings.topic_prefix
         now = datetime.now(UTC)
         readings: list[Reading] = []
         rejections: list[Rejection] = []
         for topic, payload, _mid, _gen, _t in batch:
-            result = parse_message(topic.decode("utf-8", "replace"), payload, limits, now)
+            result = parse_message(topic.decode("utf-8", "replace"), payload, limits, now, prefix=prefix)
             readings.extend(result.readings)
             if result.rejections:
                 rejections.extend(result.rejections)

@@ -7,7 +7,7 @@ Accepted payloads (UTF-8 JSON, at most ``PayloadLimits.max_payload_bytes``):
 
 1. One reading object::
 
-       {"ts": "2026-11-24T08:00:00Z" | 1764000000000, "temp_c": 3.4,
+       {"ts": "2026-11-24T08:00:00Z" | 1795507200000, "temp_c": 3.4,
         "rh": 81.0, "battery_v": 3.01, "door_open": false, "seq": 1234}
 
    ``ts`` and ``temp_c`` are required, the rest optional (``null`` = absent); unknown
@@ -17,8 +17,8 @@ Accepted payloads (UTF-8 JSON, at most ``PayloadLimits.max_payload_bytes``):
    may mix styles 1 and 3). Value names, first present wins:
    temperature > temp_c > temp, humidity > rh, battery > battery_v, door_open > door;
    ``seq`` is read from ``values`` too.
-4. A SenML pack (RFC 8428, JSON): an array whose first object has one of the keys
-   bn, bt, bu, bv, bver, n, v, vb, vs, vd. See ``_senml`` for the rules.
+4. A SenML pack (RFC 8428, JSON): an array whose first object has no ``ts`` and one of
+   the keys bn, bt, bu, bv, bver, n, v, vb, vs, vd. See ``_senml`` for the rules.
 
 Decisions (each is tested in tests/unit/test_payloads.py):
 
@@ -477,11 +477,6 @@ def _object(obj: dict, device_id: str, cx: _Ctx) -> Reading:
     elif ts is None:
         if not obj:
             raise _Reject("empty", "the object has no fields")
-        if "ts" not in obj and not _SENML_KEYS.isdisjoint(obj):
-            raise _Reject(
-                "unknown_format",
-                "this looks like a SenML record; a SenML pack must be a JSON array",
-            )
         raise _Reject("missing_ts", "ts is missing" if "ts" not in obj else "ts is null")
     else:
         us, dt = _ts(ts, "ts")
@@ -620,8 +615,10 @@ def _senml(records: list, device_id: str, cx: _Ctx, readings: list, rejected: li
     - Times are epoch seconds; a resolved time below 2**28 is relative to ``now``.
     - Names are matched on ``n``, else on the last ``:``/``/``/``.`` segment of the
       resolved name: temp|temperature (unit Cel, K converted, or none), rh|humidity
-      (%RH or none), battery|battery_v (V or none), door|door_open (vb). Any other
-      name is ignored, but still marks its time as having data.
+      (%RH or none), battery|battery_v (V or none), door|door_open (vb). Kelvin is
+      converted and rounded to 1e-9 °C (296.25 K -> 23.1). Any other name is ignored,
+      but still marks its time as having data (so a time without a temperature is
+      reported, with a hint when an unknown name carries a Cel/K unit).
     - Records with the same resolved time merge into one Reading; for a field given
       twice at one time the first record wins. A time without a valid temperature
       record is ``missing_temp`` (unless its temperature record was itself rejected).
@@ -826,7 +823,8 @@ def parse_message(
     Returns the accepted Readings and the Rejections (several of each for a batch).
     ``now`` (timezone-aware) is the server clock for the time window and the
     Rejections' ``received_at``, and the reference of SenML relative times.
-    ``prefix`` is the topic prefix (``IngestSettings.topic_prefix``).
+    ``prefix`` is the topic prefix (``IngestSettings.topic_prefix``). Passing the same
+    ``now`` object for a whole poll batch lets the time window be computed once.
     Raises only for a naive ``now`` (a caller bug); never because of the message.
     """
     global _last_ctx
@@ -870,6 +868,11 @@ def parse_message(
             try:
                 return ParseResult([_object(data, device_id, cx)], [])
             except _Reject as r:
+                if r.reason == "missing_ts" and "ts" not in data and not _SENML_KEYS.isdisjoint(data):
+                    r = _Reject(
+                        "unknown_format",
+                        "this looks like a SenML record; a SenML pack must be a JSON array",
+                    )
                 return _one(topic, payload, now, r.reason, r.detail)
         if type(data) is list:
             return _array(topic, payload, now, data, device_id, cx)
@@ -941,7 +944,8 @@ def _array(
         first = next((e for e in data if type(e) is dict), None)
     readings: list[Reading] = []
     rejected: list[tuple[str, str]] = []
-    if first is not None and not _SENML_KEYS.isdisjoint(first):
+    # SenML records carry no "ts"; plain and ThingsBoard entries always do.
+    if first is not None and "ts" not in first and not _SENML_KEYS.isdisjoint(first):
         try:
             _senml(data, device_id, cx, readings, rejected)
         except _Reject as r:

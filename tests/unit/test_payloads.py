@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import telemetry.payloads as payloads
@@ -878,6 +878,13 @@ def test_senml_name_from_base_name_alone_and_last_segment():
     assert parse([{"bn": "sensor1/", "n": "x/temp", "v": 3}]).readings == [reading(NOW, 3.0)]
 
 
+def test_plain_array_with_senml_like_extra_keys_stays_plain():
+    payload = [{"ts": NOW_MS, "temp_c": 1.0, "n": "probe-1", "v": 2}, {"n": "temp", "v": 3}]
+    result = parse(payload)
+    assert result.readings == [reading(NOW, 1.0)]
+    assert rejected(result) == [("missing_ts", "entry 1: ts is missing")]
+
+
 def test_senml_detected_even_if_first_entry_is_not_an_object():
     result = parse([7, {"n": "temp", "v": 3.5}])
     assert result.readings == [reading(NOW, 3.5)]
@@ -993,6 +1000,157 @@ def test_reasons_constant_is_the_documented_set():
         REASONS["new"] = "x"  # type: ignore[index]
 
 
+# ------------------------------------------------------------------------------ generators
+# Valid readings, and their encodings in every accepted format (shared by the round-trip
+# tests and by the "near-valid" fuzzing below).
+
+
+@st.composite
+def valid_readings(draw, *, ms_only: bool, with_seq: bool = True, max_size: int = 20):
+    """Random valid Readings (unique ts inside the default window)."""
+    lo_us = -round(LIM.max_age_days * 86_400e6) + 1000
+    hi_us = round(LIM.max_future_s * 1e6) - 1000
+    if ms_only:
+        offsets = st.integers(lo_us // 1000 + 1, hi_us // 1000).map(lambda m: m * 1000)
+    else:
+        offsets = st.integers(lo_us, hi_us) | st.integers(-1000, 1000).map(lambda m: m * 1000)
+    offs = draw(st.lists(offsets, min_size=1, max_size=max_size, unique=True))
+    return [
+        Reading(
+            DEV,
+            NOW + timedelta(microseconds=off),
+            draw(st.floats(LIM.min_temp_c, LIM.max_temp_c)),
+            draw(st.none() | st.floats(0.0, 100.0)),
+            draw(st.none() | st.floats(0.0, 100.0)),
+            draw(st.none() | st.booleans()),
+            draw(st.none() | st.integers(0, 2**63 - 1)) if with_seq else None,
+        )
+        for off in offs
+    ]
+
+
+def ms(ts: datetime) -> int:
+    return (ts - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
+
+
+def us(ts: datetime) -> int:
+    return (ts - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
+
+
+def rfc3339(ts: datetime, offset_min: int, digits: int, z: bool) -> str:
+    local = ts.astimezone(timezone(timedelta(minutes=offset_min)))
+    s = local.strftime("%Y-%m-%dT%H:%M:%S")
+    if digits:
+        s += "." + f"{local.microsecond:06d}000"[:digits]
+    if z and offset_min == 0:
+        return s + "Z"
+    sign = "+" if offset_min >= 0 else "-"
+    return s + f"{sign}{abs(offset_min) // 60:02d}:{abs(offset_min) % 60:02d}"
+
+
+def draw_ts(draw, ts: datetime, *, ms_only: bool = False):
+    """ts as a device may send it: epoch ms (int or float) or RFC 3339 with any offset."""
+    style = draw(st.sampled_from(["ms", "ms_float", "rfc3339"]))
+    if style == "ms" and ts.microsecond % 1000 == 0:
+        return ms(ts)
+    if style == "ms_float" or ms_only:
+        return us(ts) / 1000
+    offset = draw(st.just(0) | st.integers(-23 * 60 - 59, 23 * 60 + 59))
+    exact = [6, 7, 9] if ts.microsecond % 1000 else [3, 6, 9]
+    digits = draw(st.sampled_from([0, *exact] if ts.microsecond == 0 else exact))
+    return rfc3339(ts, offset, digits, draw(st.booleans()))
+
+
+def encode_plain(draw, r: Reading) -> dict:
+    obj = {"ts": draw_ts(draw, r.ts), "temp_c": r.temp_c}
+    for k in ("rh", "battery_v", "door_open", "seq"):
+        if getattr(r, k) is not None:
+            obj[k] = getattr(r, k)
+        elif draw(st.integers(0, 4)) == 0:
+            obj[k] = None
+    return obj
+
+
+def encode_tb(draw, r: Reading) -> dict:
+    names = [("temp_c", ["temperature", "temp_c", "temp"]), ("rh", ["humidity", "rh"]),
+             ("battery_v", ["battery", "battery_v"]), ("door_open", ["door_open", "door"]),
+             ("seq", ["seq"])]
+    values = {}
+    for field, aliases in names:
+        if getattr(r, field) is not None:
+            values[draw(st.sampled_from(aliases))] = getattr(r, field)
+    return {"ts": draw_ts(draw, r.ts), "values": dict(draw(st.permutations(list(values.items()))))}
+
+
+def encode_senml(draw, rs: list[Reading]) -> list[dict]:
+    """A SenML pack of readings (no seq in SenML), with base fields in several styles."""
+    mode = draw(st.sampled_from(["bt_float", "bt_int", "relative", "absolute_t"]))
+    first_us, now_us = us(rs[0].ts), us(NOW)
+    bt = None
+    if mode == "bt_float":
+        base_us, bt = first_us, first_us / 1e6
+    elif mode == "bt_int":
+        base_us = first_us - first_us % 1_000_000
+        bt = base_us // 1_000_000
+    else:  # times relative to now (< 2**28) or absolute in each record
+        base_us = now_us if mode == "relative" else 0
+    pack: list[dict] = [{"bn": f"urn:dev:ow:{DEV}:", "bver": draw(st.sampled_from([5, 10]))}]
+    if bt is not None:
+        pack[0]["bt"] = bt
+    if draw(st.booleans()):
+        pack[0]["bu"] = "Cel"
+    for r in rs:
+        t = (us(r.ts) - base_us) / 1e6
+        recs = [{"n": draw(st.sampled_from(["temp", "temperature"])), "v": r.temp_c}]
+        if r.rh is not None:
+            recs.append({"n": draw(st.sampled_from(["rh", "humidity"])), "u": "%RH", "v": r.rh})
+        if r.battery_v is not None:
+            recs.append({"n": draw(st.sampled_from(["battery", "battery_v"])), "u": "V",
+                         "v": r.battery_v})
+        if r.door_open is not None:
+            recs.append({"n": draw(st.sampled_from(["door", "door_open"])), "vb": r.door_open})
+        if draw(st.booleans()):
+            recs.append({"n": "label", "vs": "truck 7"})  # ignored name
+        for rec in draw(st.permutations(recs)):
+            if t or draw(st.booleans()):
+                rec["t"] = t
+            pack.append(rec)
+    return pack
+
+
+# ------------------------------------------------------------------------------ round trip
+
+
+@settings(max_examples=200, deadline=None)
+@given(rs=valid_readings(ms_only=False), data=st.data(), as_array=st.booleans())
+def test_roundtrip_plain(rs, data, as_array):
+    objs = [encode_plain(data.draw, r) for r in rs]
+    payload = orjson.dumps(objs if as_array else objs[0])
+    assert parse_message(TOPIC, payload, LIM, NOW) == ParseResult(rs if as_array else rs[:1], [])
+
+
+@settings(max_examples=200, deadline=None)
+@given(rs=valid_readings(ms_only=False), data=st.data(), as_array=st.booleans())
+def test_roundtrip_thingsboard(rs, data, as_array):
+    objs = [encode_tb(data.draw, r) for r in rs]
+    payload = orjson.dumps(objs if as_array else objs[0])
+    assert parse_message(TOPIC, payload, LIM, NOW) == ParseResult(rs if as_array else rs[:1], [])
+
+
+@settings(max_examples=100, deadline=None)
+@given(rs=valid_readings(ms_only=False), data=st.data())
+def test_roundtrip_mixed_plain_and_thingsboard_array(rs, data):
+    objs = [data.draw(st.sampled_from([encode_plain, encode_tb]))(data.draw, r) for r in rs]
+    assert parse_message(TOPIC, orjson.dumps(objs), LIM, NOW) == ParseResult(rs, [])
+
+
+@settings(max_examples=200, deadline=None)
+@given(rs=valid_readings(ms_only=False, with_seq=False), data=st.data())
+def test_roundtrip_senml(rs, data):
+    pack = encode_senml(data.draw, rs)
+    assert parse_message(TOPIC, orjson.dumps(pack), LIM, NOW) == ParseResult(rs, [])
+
+
 # ------------------------------------------------------------------------------ properties
 
 VOCAB = [
@@ -1003,7 +1161,8 @@ VOCAB = [
 PLAUSIBLE = st.sampled_from(
     [NOW_MS, NOW_MS + 299_000, NOW_MS + 301_000, NOW_S, 0, -1, 2**28, 2**63, 2**64 - 1, 1e11,
      "2026-11-24T08:00:00Z", "2026-11-24T08:00:00", "2026-11-24T07:00:00-01:00", 3.4, -18.0,
-     150.0, 150.0001, -100.0, 412, 81.0, 3.01, 1e308, -1e308, 5e-324, 2**53 + 1, 296.15]
+     150.0, 150.0001, -100.0, 412, 81.0, 3.01, 1e308, -1e308, 5e-324, 2**53 + 1, 296.15,
+     "Cel", "K", "%RH", "V", "degF", "%", "temp", True, False, None, [], {}]
 )
 JSON_SCALARS = st.one_of(
     st.none(),
@@ -1023,70 +1182,63 @@ JSON_VALUES = st.recursive(
     ),
     max_leaves=40,
 )
-# Values near and across the boundaries, so that many messages are (partly) valid.
-TS_VALUES = st.one_of(
-    st.integers(NOW_MS - 3650 * 86_400_000 - 5_000, NOW_MS + 310_000),
-    st.integers(NOW_MS - 86_400_000, NOW_MS + 310_000),
-    st.floats(NOW_MS - 3650 * 86_400_000.0, NOW_MS + 310_000.0),
-    st.datetimes(min_value=datetime(2016, 1, 1), max_value=datetime(2026, 11, 24, 8, 6),
-                 timezones=st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30)),
-                                            timezone(timedelta(hours=-8))])).map(
-        lambda d: d.isoformat()),
-    PLAUSIBLE,
-    JSON_SCALARS,
+# Objects shaped like the accepted formats, with arbitrary values.
+SHAPED = st.one_of(
+    st.dictionaries(st.sampled_from(VOCAB), JSON_SCALARS, max_size=9),
+    st.lists(st.dictionaries(st.sampled_from(VOCAB), JSON_SCALARS, max_size=7), max_size=10),
+    st.fixed_dictionaries({"ts": PLAUSIBLE, "values": st.dictionaries(st.sampled_from(VOCAB),
+                                                                      JSON_SCALARS)}),
 )
-NUMS = st.one_of(st.floats(-120, 170), st.integers(-120, 170), st.floats(-120, 170),
-                 PLAUSIBLE | JSON_SCALARS)
-# Optional fields: mostly valid, sometimes not.
-OPTIONAL = {
-    "rh": st.floats(0, 100) | st.floats(0, 100) | NUMS,
-    "battery_v": st.floats(0, 5) | st.floats(0, 5) | NUMS,
-    "door_open": st.booleans() | st.booleans() | JSON_SCALARS,
-    "seq": st.integers(0, 2**20) | st.integers(-5, 2**64 - 1) | JSON_SCALARS,
-    "extra": JSON_SCALARS,
-}
-READING_LIKE = st.one_of(
-    st.fixed_dictionaries({"ts": TS_VALUES, "temp_c": NUMS}, optional=OPTIONAL),
-    st.dictionaries(st.sampled_from(VOCAB), st.one_of(PLAUSIBLE, JSON_SCALARS), max_size=9),
+
+
+# epoch ms around both edges of the default window
+NEAR_WINDOW_MS = st.one_of(
+    st.integers(NOW_MS + 290_000, NOW_MS + 310_000),
+    st.integers(NOW_MS - 3650 * 86_400_000 - 10_000, NOW_MS - 3650 * 86_400_000 + 10_000),
 )
-TB_LIKE = st.fixed_dictionaries(
-    {"ts": TS_VALUES},
-    optional={
-        "values": st.one_of(
-            st.fixed_dictionaries(
-                {},
-                optional={"temperature": NUMS, "temp_c": NUMS, "temp": NUMS, "humidity": NUMS,
-                          "rh": NUMS, "battery": NUMS, "door": st.booleans(), "seq": NUMS},
-            ),
-            JSON_SCALARS,
+
+
+def _dicts(value):
+    if isinstance(value, dict):
+        yield value
+        for v in value.values():
+            yield from _dicts(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _dicts(v)
+
+
+@st.composite
+def near_valid(draw):
+    """A valid message in one of the formats, then up to 3 random corruptions."""
+    fmt = draw(st.sampled_from(["plain", "plain_array", "tb", "tb_array", "senml", "mixed"]))
+    rs = draw(valid_readings(ms_only=False, with_seq=fmt != "senml", max_size=8))
+    if fmt == "plain":
+        value = encode_plain(draw, rs[0])
+    elif fmt == "tb":
+        value = encode_tb(draw, rs[0])
+    elif fmt == "senml":
+        value = encode_senml(draw, rs)
+    else:
+        enc = {"plain_array": [encode_plain], "tb_array": [encode_tb]}.get(
+            fmt, [encode_plain, encode_tb]
         )
-    },
-)
-SENML_RECORD = st.fixed_dictionaries(
-    {},
-    optional={
-        "bn": st.sampled_from(["urn:dev:ow:1:", "d/", "", "x.temp"]) | JSON_SCALARS,
-        "bt": st.one_of(st.integers(NOW_S - 400_000_000, NOW_S + 400),
-                        st.integers(NOW_S - 86_400, NOW_S + 400), st.integers(-1000, 0),
-                        st.floats(-1e9, 2e9), JSON_SCALARS),
-        "bu": st.sampled_from(["Cel", "K", "%RH", "V", "A"]) | JSON_SCALARS,
-        "bv": st.one_of(st.floats(-10, 300), JSON_SCALARS),
-        "bver": st.one_of(st.integers(0, 12), JSON_SCALARS),
-        "n": st.one_of(st.sampled_from([*payloads._SENML_NAMES, "voltage", "x"]),
-                       st.sampled_from(["temp", "temperature"]), JSON_SCALARS),
-        "u": st.sampled_from(["Cel", "K", "%RH", "V", "A", "degF"]) | JSON_SCALARS,
-        "v": NUMS,
-        "vb": st.one_of(st.booleans(), JSON_SCALARS),
-        "vs": st.text(max_size=5),
-        "t": st.one_of(st.integers(-400, 400), st.floats(-1e9, 2e9), JSON_SCALARS),
-        "must_": st.just(1),
-    },
-)
-SENML_LIKE = st.lists(SENML_RECORD, max_size=12)
-DEVICE_LIKE = st.one_of(
-    JSON_VALUES, READING_LIKE, READING_LIKE, TB_LIKE, SENML_LIKE, SENML_LIKE,
-    st.lists(st.one_of(READING_LIKE, TB_LIKE), max_size=8),
-)
+        value = [draw(st.sampled_from(enc))(draw, r) for r in rs]
+    for _ in range(draw(st.integers(0, 3))):
+        d = draw(st.sampled_from(list(_dicts(value))))
+        key = draw(st.sampled_from(sorted(d)) if d and draw(st.booleans()) else st.sampled_from(VOCAB))
+        if key in d and draw(st.integers(0, 3)) == 0:
+            del d[key]
+        else:
+            d[key] = draw(st.one_of(PLAUSIBLE, JSON_SCALARS, st.floats(-150, 250),
+                                    st.integers(-3, 3), st.integers(-400, 400), NEAR_WINDOW_MS))
+    if isinstance(value, list) and draw(st.booleans()):  # a duplicated entry or record
+        value.insert(draw(st.integers(0, len(value))), json.loads(json.dumps(
+            draw(st.sampled_from(value)))))
+    return value
+
+
+DEVICE_LIKE = st.one_of(JSON_VALUES, SHAPED, near_valid(), near_valid())
 LIMITS = st.one_of(
     st.just(LIM),
     st.builds(
@@ -1131,10 +1283,10 @@ def check_invariants(result, topic, payload, limits, now):
         assert j.reason in REASONS and j.reason != "internal_error", j
         assert isinstance(j.detail, str) and j.detail and len(j.detail) < 1000
         assert j.topic == topic and j.payload_head == head and j.received_at is now
-    if device_id is not None and len(payload) > limits.max_payload_bytes:
-        assert [j.reason for j in result.rejections] == ["oversized"] and not result.readings
     if device_id is None:
         assert [j.reason for j in result.rejections] == ["bad_topic"]
+    elif len(payload) > limits.max_payload_bytes:
+        assert [j.reason for j in result.rejections] == ["oversized"] and not result.readings
     assert result.readings or result.rejections, "a message must yield something"
 
 
@@ -1153,7 +1305,7 @@ def test_property_arbitrary_json_never_raises(value, limits):
     check_invariants(result, TOPIC, payload, limits, NOW)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(value=DEVICE_LIKE, cut=st.integers(0, 400), junk=st.binary(max_size=3))
 def test_property_truncated_and_corrupted_json_never_raises(value, cut, junk):
     payload = json.dumps(value).encode()
@@ -1184,11 +1336,11 @@ def test_property_rfc3339_strings(s):
     expected = None
     if m and (m[8] or m[9]):
         y, mo, d, h, mi, sec = (int(x) for x in m.groups()[:6])
-        us = int((m[7] or "0")[:6].ljust(6, "0"))
+        micro = int((m[7] or "0")[:6].ljust(6, "0"))
         off = 0 if m[8] else (1 if m[9] == "+" else -1) * (int(m[10]) * 60 + int(m[11]))
         try:
-            expected = datetime(y, mo, d, h, mi, sec, us, tzinfo=timezone(timedelta(minutes=off)))
-            expected = expected.astimezone(UTC)
+            local = datetime(y, mo, d, h, mi, sec, micro, tzinfo=timezone(timedelta(minutes=off)))
+            expected = local.astimezone(UTC)
         except (ValueError, OverflowError):
             expected = None
     if expected is None:
@@ -1196,150 +1348,3 @@ def test_property_rfc3339_strings(s):
         assert result.readings == []
     else:
         assert result == ParseResult([Reading(DEV, expected, 1.0)], []), s
-
-
-# ---------------------------------------------------------------- round trip
-
-
-@st.composite
-def valid_readings(draw, *, ms_only: bool, with_seq: bool = True, max_size: int = 20):
-    """Random valid Readings (unique ts inside the default window)."""
-    lo_us = -round(LIM.max_age_days * 86_400e6) + 1000
-    hi_us = round(LIM.max_future_s * 1e6) - 1000
-    if ms_only:
-        offsets = st.integers(lo_us // 1000 + 1, hi_us // 1000).map(lambda m: m * 1000)
-    else:
-        offsets = st.integers(lo_us, hi_us)
-    offs = draw(st.lists(offsets, min_size=1, max_size=max_size, unique=True))
-    out = []
-    for off in offs:
-        out.append(
-            Reading(
-                DEV,
-                NOW + timedelta(microseconds=off),
-                draw(st.floats(LIM.min_temp_c, LIM.max_temp_c)),
-                draw(st.none() | st.floats(0.0, 100.0)),
-                draw(st.none() | st.floats(0.0, 100.0)),
-                draw(st.none() | st.booleans()),
-                draw(st.none() | st.integers(0, 2**63 - 1)) if with_seq else None,
-            )
-        )
-    return out
-
-
-def ms(ts: datetime) -> int:
-    return (ts - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
-
-
-def us(ts: datetime) -> int:
-    return (ts - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
-
-
-def plain_obj(r: Reading, ts) -> dict:
-    obj = {"ts": ts, "temp_c": r.temp_c}
-    for k in ("rh", "battery_v", "door_open", "seq"):
-        if getattr(r, k) is not None:
-            obj[k] = getattr(r, k)
-    return obj
-
-
-def rfc3339(ts: datetime, offset_min: int, digits: int, z: bool) -> str:
-    local = ts.astimezone(timezone(timedelta(minutes=offset_min)))
-    s = local.strftime("%Y-%m-%dT%H:%M:%S")
-    frac = f"{local.microsecond:06d}"
-    if digits:
-        s += "." + (frac + "000")[:digits]
-    if z and offset_min == 0:
-        return s + "Z"
-    sign = "+" if offset_min >= 0 else "-"
-    return s + f"{sign}{abs(offset_min) // 60:02d}:{abs(offset_min) % 60:02d}"
-
-
-@settings(max_examples=200, deadline=None)
-@given(rs=valid_readings(ms_only=True), as_array=st.booleans(), as_float=st.booleans())
-def test_roundtrip_plain_epoch_ms(rs, as_array, as_float):
-    objs = [plain_obj(r, float(ms(r.ts)) if as_float else ms(r.ts)) for r in rs]
-    payload = orjson.dumps(objs if as_array else objs[0])
-    result = parse_message(TOPIC, payload, LIM, NOW)
-    assert result == ParseResult(rs if as_array else rs[:1], [])
-
-
-@settings(max_examples=200, deadline=None)
-@given(rs=valid_readings(ms_only=False))
-def test_roundtrip_plain_fractional_ms(rs):
-    payload = orjson.dumps([plain_obj(r, us(r.ts) / 1000) for r in rs])
-    assert parse_message(TOPIC, payload, LIM, NOW) == ParseResult(rs, [])
-
-
-@settings(max_examples=200, deadline=None)
-@given(rs=valid_readings(ms_only=False), data=st.data())
-def test_roundtrip_plain_rfc3339(rs, data):
-    objs = []
-    for r in rs:
-        off = data.draw(st.integers(-23 * 60 - 59, 23 * 60 + 59))
-        if r.ts.microsecond:
-            digits = data.draw(st.sampled_from([6, 7, 9]))
-        else:
-            digits = data.draw(st.sampled_from([0, 3, 6, 9]))
-        objs.append(plain_obj(r, rfc3339(r.ts, off, digits, data.draw(st.booleans()))))
-    assert parse_message(TOPIC, orjson.dumps(objs), LIM, NOW) == ParseResult(rs, [])
-
-
-@settings(max_examples=200, deadline=None)
-@given(rs=valid_readings(ms_only=True), data=st.data(), as_array=st.booleans())
-def test_roundtrip_thingsboard(rs, data, as_array):
-    objs = []
-    for r in rs:
-        values = {data.draw(st.sampled_from(["temperature", "temp_c", "temp"])): r.temp_c}
-        if r.rh is not None:
-            values[data.draw(st.sampled_from(["humidity", "rh"]))] = r.rh
-        if r.battery_v is not None:
-            values[data.draw(st.sampled_from(["battery", "battery_v"]))] = r.battery_v
-        if r.door_open is not None:
-            values[data.draw(st.sampled_from(["door_open", "door"]))] = r.door_open
-        if r.seq is not None:
-            values["seq"] = r.seq
-        objs.append({"ts": ms(r.ts), "values": values})
-    payload = orjson.dumps(objs if as_array else objs[0])
-    assert parse_message(TOPIC, payload, LIM, NOW) == ParseResult(rs if as_array else rs[:1], [])
-
-
-@settings(max_examples=200, deadline=None)
-@given(rs=valid_readings(ms_only=False, with_seq=False), data=st.data())
-def test_roundtrip_senml(rs, data):
-    mode = data.draw(st.sampled_from(["bt_float", "bt_int", "relative", "absolute_t"]))
-    first_us = us(rs[0].ts)
-    now_us = us(NOW)
-    if mode == "bt_float":
-        base_us, bt = first_us, first_us / 1e6
-    elif mode == "bt_int":
-        base_us = first_us - first_us % 1_000_000
-        bt = base_us // 1_000_000
-    else:
-        base_us, bt = (now_us, None) if mode == "relative" else (0, None)
-    pack: list[dict] = [{"bn": f"urn:dev:ow:{DEV}:"}]
-    if bt is not None:
-        pack[0]["bt"] = bt
-    if data.draw(st.booleans()):
-        pack[0]["bu"] = "Cel"
-    for r in rs:
-        t = (us(r.ts) - base_us) / 1e6
-        recs = [{"n": data.draw(st.sampled_from(["temp", "temperature"])), "v": r.temp_c}]
-        if r.rh is not None:
-            recs.append({"n": data.draw(st.sampled_from(["rh", "humidity"])), "u": "%RH",
-                         "v": r.rh})
-        if r.battery_v is not None:
-            recs.append({"n": data.draw(st.sampled_from(["battery", "battery_v"])), "u": "V",
-                         "v": r.battery_v})
-        if r.door_open is not None:
-            recs.append({"n": data.draw(st.sampled_from(["door", "door_open"])),
-                         "vb": r.door_open})
-        recs = data.draw(st.permutations(recs))
-        for rec in recs:
-            if t or data.draw(st.booleans()):
-                rec["t"] = t
-            pack.append(rec)
-    if mode == "absolute_t":
-        assume(all(us(r.ts) >= 2**28 * 1_000_000 for r in rs))
-    result = parse_message(TOPIC, orjson.dumps(pack), LIM, NOW)
-    assert result == ParseResult(rs, [])
