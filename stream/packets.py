@@ -38,7 +38,12 @@ class MediaPacket:
 
 
 def make_packet(
-    kind: Literal["video", "audio"], data: bytes, pts: int, time_base: Fraction, keyframe: bool, wallclock: float
+    kind: Literal["video", "audio"],
+    data: bytes,
+    pts: int,
+    time_base: Fraction,
+    keyframe: bool,
+    wallclock: float,
 ) -> MediaPacket:
     p = av.Packet(data)
     p.pts = pts
