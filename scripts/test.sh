@@ -9,7 +9,15 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # Debian packages the tests start or call. mosquitto/postgresql-15: the servers;
 # mosquitto-clients: load generators; debootstrap: the Debian 13 root with TimescaleDB;
 # util-linux: setpriv (PostgreSQL refuses to run as root).
-APT_PACKAGES=(mosquitto mosquitto-clients postgresql-15 debootstrap util-linux ca-certificates)
+# RTSP camera stand-in (tests/support/rtsp_server.py, run by Debian's python3):
+# python3-gi + gir1.2-gst-rtsp-server-1.0 (GstRtspServer); plugins-base: videotestsrc,
+# audiotestsrc; -good: rtph264pay, alawenc, RTP payloaders; -bad: x265enc, voaacenc;
+# -ugly: x264enc.
+APT_PACKAGES=(
+    mosquitto mosquitto-clients postgresql-15 debootstrap util-linux ca-certificates
+    python3-gi gir1.2-gst-rtsp-server-1.0
+    gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly
+)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
