@@ -13,6 +13,7 @@ broker keeps the rest queued for our persistent session, and our memory stays bo
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from dataclasses import dataclass
@@ -33,6 +34,9 @@ from telemetry.storage.base import StorageUnavailable, Store, WriteResult
 
 log = logging.getLogger(__name__)
 
+# (topic, payload, packet id (0 for QoS 0), connection generation, monotonic receive time)
+_Message = tuple[bytes, bytes, int, int, float]
+
 
 @dataclass(slots=True)
 class IngestStatus:
@@ -52,9 +56,14 @@ class Ingester:
         self._store = store
         self._metrics = metrics
         self._cond = threading.Condition()
-        # Each entry: (topic, payload, packet id (0 for QoS 0), connection generation,
-        # monotonic receive time).
-        self._pending: list[tuple[bytes, bytes, int, int, float]] = []
+        self._pending: list[_Message] = []
+        self._pending_bytes = 0
+        # Messages taken from _pending and not yet acknowledged (parsing, queued, writing).
+        self._taken = 0
+        # One parsed batch waits here while the previous one is written; None ends the stage.
+        self._parsed: queue.Queue[tuple[list[_Message], list[Reading], list[Rejection]] | None] = queue.Queue(
+            1
+        )
         self._first_pending_at = 0.0
         self._accepting = False
         self._stopping = False
@@ -63,8 +72,7 @@ class Ingester:
         self._database_ok = True
         self._last_commit_at: float | None = None
         self._last_error: str | None = None
-        self._writing = 0  # messages of the batch being written now
-        self._writer: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._client = self._make_client()
 
     # -- lifecycle -------------------------------------------------------------------
@@ -72,8 +80,12 @@ class Ingester:
     def start(self) -> None:
         s = self._settings.mqtt
         self._accepting = True
-        self._writer = threading.Thread(target=self._write_loop, name="ingest-writer", daemon=True)
-        self._writer.start()
+        self._threads = [
+            threading.Thread(target=self._parse_loop, name="ingest-parse", daemon=True),
+            threading.Thread(target=self._write_loop, name="ingest-write", daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
         props = None
         kwargs: dict[str, object] = {}
         if self._is_v5:
@@ -90,8 +102,9 @@ class Ingester:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        if self._writer is not None:
-            self._writer.join(timeout)
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
         # The queued PUBACKs go out before the DISCONNECT: paho writes packets in order.
         self._client.disconnect()
         self._client.loop_stop()
@@ -100,12 +113,12 @@ class Ingester:
     def status(self) -> IngestStatus:
         with self._cond:
             pending = len(self._pending)
-            writing = self._writing
+            taken = self._taken
         return IngestStatus(
             broker_connected=self._connected,
             database_ok=self._database_ok,
             pending_messages=pending,
-            unacked_messages=pending + writing,
+            unacked_messages=pending + taken,
             last_commit_at=self._last_commit_at,
             last_error=self._last_error,
         )
@@ -195,58 +208,99 @@ class Ingester:
             if not pending:
                 self._first_pending_at = now
             pending.append((topic, payload, mid, self._generation, now))
-            if len(pending) == self._settings.batch_max_rows:
-                self._cond.notify()
+            self._pending_bytes += len(payload)
+            if len(pending) == self._settings.batch_max_rows or (
+                self._pending_bytes >= self._settings.batch_max_bytes
+                and self._pending_bytes - len(payload) < self._settings.batch_max_bytes
+            ):
+                self._cond.notify_all()
 
-    # -- writer thread -------------------------------------------------------------------
+    # -- parse stage ---------------------------------------------------------------------
+    # Parsing (Python, ours) and writing (mostly the database's time) run in two threads
+    # with one parsed batch between them, so the next batch is parsed while the database
+    # commits the last one. The write stage handles batches in the order they were taken,
+    # which keeps the PUBACKs in arrival order.
 
-    def _take_batch(self) -> list[tuple[bytes, bytes, int, int, float]] | None:
+    def _take_batch(self) -> list[_Message] | None:
         """Wait for a full or old-enough batch; None when stopping and nothing is left."""
         s = self._settings
         with self._cond:
             while True:
                 n = len(self._pending)
-                if n >= s.batch_max_rows:
+                if n >= s.batch_max_rows or self._pending_bytes >= s.batch_max_bytes:
                     break
                 if n and (self._stopping or time.monotonic() - self._first_pending_at >= s.batch_max_delay_s):
                     break
                 if self._stopping:
                     return None
-                wait = s.batch_max_delay_s
+                wait = 0.5
                 if n:
                     wait = max(0.0, self._first_pending_at + s.batch_max_delay_s - time.monotonic())
-                self._cond.wait(wait if n else 0.5)
-            batch = self._pending[: s.batch_max_rows]
-            del self._pending[: s.batch_max_rows]
-            self._writing = len(batch)
+                self._cond.wait(wait)
+            # Cut by count and by bytes: a logger's flush of 100 readings a message must not
+            # make one transaction of 500,000 rows.
+            size = 0
+            cut = 0
+            for cut, msg in enumerate(self._pending[: s.batch_max_rows], 1):  # noqa: B007
+                size += len(msg[1])
+                if size >= s.batch_max_bytes:
+                    break
+            batch = self._pending[:cut]
+            del self._pending[:cut]
+            self._pending_bytes -= size
+            self._taken += len(batch)
             if self._pending:
                 self._first_pending_at = self._pending[0][4]
             self._metrics.pending.set(len(self._pending))
             return batch
 
+    def _parse_loop(self) -> None:
+        limits = self._settings.limits
+        prefix = self._settings.topic_prefix
+        try:
+            while True:
+                batch = self._take_batch()
+                if batch is None:
+                    return
+                now = datetime.now(UTC)
+                readings: list[Reading] = []
+                rejections: list[Rejection] = []
+                for topic, payload, _mid, _gen, _t in batch:
+                    try:
+                        result = parse_message(
+                            topic.decode("utf-8", "replace"), payload, limits, now, prefix=prefix
+                        )
+                    except Exception:  # parse_message never raises by contract; a bug must not stop ingest
+                        log.exception("parse_message raised; message left unacknowledged")
+                        continue
+                    readings.extend(result.readings)
+                    if result.rejections:
+                        rejections.extend(result.rejections)
+                self._parsed.put((batch, readings, rejections))
+        finally:
+            self._parsed.put(None)
+
+    # -- write stage ---------------------------------------------------------------------
+
     def _write_loop(self) -> None:
         while True:
-            batch = self._take_batch()
-            if batch is None:
+            item = self._parsed.get()
+            if item is None:
                 return
+            batch, readings, rejections = item
             try:
-                self._process(batch)
+                self._commit_and_ack(batch, readings, rejections)
             except Exception:  # a bug must not silently kill ingest: log, keep the batch unacked
                 log.exception("unexpected error while writing a batch; it will be redelivered")
                 self._last_error = "internal error while writing a batch (see log)"
+            finally:
+                with self._cond:
+                    self._taken -= len(batch)
 
-    def _process(self, batch: list[tuple[bytes, bytes, int, int, float]]) -> None:
+    def _commit_and_ack(
+        self, batch: list[_Message], readings: list[Reading], rejections: list[Rejection]
+    ) -> None:
         m = self._metrics
-        limits = self._settings.limits
-        prefix = self._settings.topic_prefix
-        now = datetime.now(UTC)
-        readings: list[Reading] = []
-        rejections: list[Rejection] = []
-        for topic, payload, _mid, _gen, _t in batch:
-            result = parse_message(topic.decode("utf-8", "replace"), payload, limits, now, prefix=prefix)
-            readings.extend(result.readings)
-            if result.rejections:
-                rejections.extend(result.rejections)
         started = time.monotonic()
         result_w = self._write_with_retry(readings, rejections)
         if result_w is None:
@@ -257,8 +311,6 @@ class Ingester:
         with self._cond:
             generation = self._generation
         self._client.ack_many([mid for _, _, mid, gen, _ in batch if mid and gen == generation])
-        with self._cond:
-            self._writing = 0
         m.messages.inc(len(batch))
         m.received.inc(len(readings))
         m.stored.inc(result_w.inserted)

@@ -57,7 +57,7 @@ time window, and a Reading built without the frozen-dataclass ``__init__`` overh
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Any, Final
@@ -174,40 +174,19 @@ class _Reject(Exception):
 
 
 def _reading_factory():
-    """A Reading constructor that skips the frozen dataclass ``__init__``.
+    """A Reading constructor without NamedTuple's keyword handling.
 
-    A frozen dataclass sets each field through ``object.__setattr__`` (about 0.8 µs for
-    Reading here); setting the slots through their member descriptors builds the same
-    object in half the time. Used only while Reading is exactly the 7-slot frozen
-    dataclass this was written for, without ``__post_init__``; otherwise the normal
-    constructor is used. A unit test checks both build equal objects.
+    ``tuple.__new__`` with a ready tuple builds the same object in about half the time of
+    ``Reading(...)``; used only while Reading is the 7-field tuple this was written for.
+    A unit test checks both build equal objects.
     """
     names = ("device_id", "ts", "temp_c", "rh", "battery_v", "door_open", "seq")
-    try:
-        ok = (
-            tuple(f.name for f in fields(Reading)) == names
-            and getattr(Reading, "__slots__", None) == names
-            and not hasattr(Reading, "__post_init__")
-            and Reading.__new__ is object.__new__
-        )
-        setters = [getattr(Reading, n).__set__ for n in names]
-    except Exception:  # pragma: no cover - defensive: Reading changed shape
-        ok = False
-    if not ok:  # pragma: no cover
+    if getattr(Reading, "_fields", None) != names:  # pragma: no cover - Reading changed shape
         return Reading
-    new = object.__new__
-    s_dev, s_ts, s_temp, s_rh, s_bat, s_door, s_seq = setters
+    new = tuple.__new__
 
     def new_reading(device_id, ts, temp_c, rh=None, battery_v=None, door_open=None, seq=None):
-        r = new(Reading)
-        s_dev(r, device_id)
-        s_ts(r, ts)
-        s_temp(r, temp_c)
-        s_rh(r, rh)
-        s_bat(r, battery_v)
-        s_door(r, door_open)
-        s_seq(r, seq)
-        return r
+        return new(Reading, (device_id, ts, temp_c, rh, battery_v, door_open, seq))
 
     return new_reading
 

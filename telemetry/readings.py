@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class Reading:
-    """One temperature reading of one device at one instant (identity: device_id + ts)."""
+class Reading(NamedTuple):
+    """One temperature reading of one device at one instant (identity: device_id + ts).
+
+    A tuple in the column order of the ``readings`` table, so the store can hand it to
+    COPY as the row itself: at hundreds of thousands of readings a second, building a
+    second object per reading is a measurable share of the ingester's CPU.
+    """
 
     device_id: str
     ts: datetime  # timezone-aware UTC

@@ -38,7 +38,9 @@ class IngestSettings:
     # Shared-subscription group name (MQTT 5 "$share/<group>/..."); None subscribes plainly.
     shared_group: str | None = None
     topic_prefix: str = "origincast"
-    batch_max_rows: int = 5000
+    batch_max_rows: int = 5000  # messages per batch at most
+    # ...and payload bytes: bounds the rows of one transaction when messages carry arrays.
+    batch_max_bytes: int = 1024 * 1024
     batch_max_delay_s: float = 0.05
     # MQTT 5 Receive Maximum: the broker never has more unacknowledged messages in
     # flight to us than this, which bounds our memory (the backpressure).

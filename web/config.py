@@ -8,6 +8,7 @@ environment themselves.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from collections.abc import Mapping
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from stream.settings import IceServer, StreamSettings
 from telemetry.settings import IngestSettings, MqttSettings, PayloadLimits, StorageSettings
 
 
@@ -35,6 +37,11 @@ class Config:
     ingest: IngestSettings = field(default_factory=IngestSettings)
     # None: no broker configured (the demo then starts an embedded one).
     mqtt_url: str | None = field(default=None, repr=False)
+    stream: StreamSettings = field(default_factory=StreamSettings)
+    # Publish the built-in test pattern on the stream "demo" (`origincast demo` sets it).
+    demo_test_pattern: bool = False
+    # Bearer token for the admin API's writes (streams); None: writes are disabled.
+    admin_token: str | None = field(default=None, repr=False)
 
 
 # (section, key) -> (type, default). Env name: ORIGINCAST_<SECTION>_<KEY>, except the two
@@ -51,11 +58,30 @@ _SCHEMA: dict[tuple[str, str], tuple[type, object]] = {
     ("ingest", "shared_group"): (str, ""),
     ("ingest", "batch_max_rows"): (int, 5000),
     ("ingest", "batch_max_delay_ms"): (int, 50),
+    ("ingest", "batch_max_bytes"): (int, 1024 * 1024),
     ("ingest", "receive_maximum"): (int, 65535),
     ("ingest", "max_payload_bytes"): (int, 256 * 1024),
     ("ingest", "max_future_s"): (float, 300.0),
+    # Comma-separated in the environment, a list or a comma-separated string in TOML.
+    ("stream", "ice_host_addresses"): (tuple, ()),
+    ("stream", "ice_public_address"): (str, ""),
+    ("stream", "ice_servers"): (tuple, ()),  # stun:host:port, turn:host:port?transport=udp
+    ("stream", "turn_username"): (str, ""),
+    ("stream", "turn_credential"): (str, ""),
+    ("stream", "video_bitrate_bps"): (int, 1_500_000),
+    ("stream", "keyframe_interval_s"): (float, 2.0),
+    ("stream", "viewer_queue_packets"): (int, 300),
+    ("stream", "test_pattern_width"): (int, 1280),
+    ("stream", "test_pattern_height"): (int, 720),
+    ("stream", "test_pattern_fps"): (int, 30),
+    ("stream", "demo_test_pattern"): (bool, False),
+    ("admin", "token"): (str, ""),
 }
-_SHORT_ENV = {("database", "url"): "ORIGINCAST_DATABASE_URL", ("mqtt", "url"): "ORIGINCAST_MQTT_URL"}
+_SHORT_ENV = {
+    ("database", "url"): "ORIGINCAST_DATABASE_URL",
+    ("mqtt", "url"): "ORIGINCAST_MQTT_URL",
+    ("admin", "token"): "ORIGINCAST_ADMIN_TOKEN",
+}
 
 
 def _env_name(section: str, key: str) -> str:
@@ -63,6 +89,20 @@ def _env_name(section: str, key: str) -> str:
 
 
 def _coerce(name: str, kind: type, value: object) -> object:
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigError(f"{name}: expected true or false, got {value!r}")
+    if kind is tuple:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
+            raise ConfigError(f"{name}: expected a list of text or comma-separated text, got {value!r}")
+        return tuple(i.strip() for i in items if i.strip())
     if kind is int:
         if isinstance(value, bool):
             raise ConfigError(f"{name}: expected a whole number, got {value!r}")
@@ -159,6 +199,7 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
         ("database", "retention_days"),
         ("ingest", "batch_max_rows"),
         ("ingest", "batch_max_delay_ms"),
+        ("ingest", "batch_max_bytes"),
         ("ingest", "receive_maximum"),
         ("ingest", "max_payload_bytes"),
         ("database", "chunk_interval_hours"),
@@ -187,6 +228,7 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
         shared_group=str(v[("ingest", "shared_group")]) or None,
         batch_max_rows=int(v[("ingest", "batch_max_rows")]),  # type: ignore[call-overload]
         batch_max_delay_s=int(v[("ingest", "batch_max_delay_ms")]) / 1000.0,  # type: ignore[call-overload]
+        batch_max_bytes=int(v[("ingest", "batch_max_bytes")]),  # type: ignore[call-overload]
         receive_maximum=int(v[("ingest", "receive_maximum")]),  # type: ignore[call-overload]
         limits=limits,
     )
@@ -199,4 +241,64 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
         ),
         ingest=ingest,
         mqtt_url=mqtt_url,
+        admin_token=_admin_token(str(v[("admin", "token")])),
+        stream=_stream_settings(v),
+        demo_test_pattern=bool(v[("stream", "demo_test_pattern")]),
+    )
+
+
+def _admin_token(token: str) -> str | None:
+    if not token:
+        return None
+    # A short token is guessable despite the login delay; 16 characters is the floor.
+    if len(token) < 16:
+        raise ConfigError("ORIGINCAST_ADMIN_TOKEN: must be at least 16 characters (it guards every write)")
+    return token
+
+
+def _stream_settings(v: Mapping[tuple[str, str], object]) -> StreamSettings:
+    def get(key: str) -> object:
+        return v[("stream", key)]
+
+    for key in ("video_bitrate_bps", "keyframe_interval_s", "viewer_queue_packets", "test_pattern_fps"):
+        if get(key) <= 0:  # type: ignore[operator]
+            raise ConfigError(f"{_env_name('stream', key)}: must be greater than 0, got {get(key)!r}")
+    width, height = int(get("test_pattern_width")), int(get("test_pattern_height"))  # type: ignore[call-overload]
+    if width < 160 or height < 90 or width % 2 or height % 2:
+        raise ConfigError(
+            "ORIGINCAST_STREAM_TEST_PATTERN_WIDTH/HEIGHT: even sizes of at least 160x90,"
+            f" got {width}x{height}"
+        )
+    hosts = tuple(get("ice_host_addresses"))  # type: ignore[call-overload]
+    public = str(get("ice_public_address")) or None
+    for name, addr in [("ice_host_addresses", a) for a in hosts] + [("ice_public_address", public)]:
+        if addr is None:
+            continue
+        try:
+            ipaddress.ip_address(addr)
+        except ValueError:
+            raise ConfigError(f"{_env_name('stream', name)}: {addr!r} is not an IP address") from None
+    urls = tuple(get("ice_servers"))  # type: ignore[call-overload]
+    for url in urls:
+        if not url.startswith(("stun:", "stuns:", "turn:", "turns:")):
+            raise ConfigError(
+                f"{_env_name('stream', 'ice_servers')}: expected stun:… or turn:… URLs, got {url!r}"
+            )
+    username, credential = str(get("turn_username")) or None, str(get("turn_credential")) or None
+    servers = tuple(
+        IceServer(urls=(u,), username=username, credential=credential)
+        if u.startswith(("turn:", "turns:"))
+        else IceServer(urls=(u,))
+        for u in urls
+    )
+    return StreamSettings(
+        ice_host_addresses=hosts,
+        ice_public_address=public,
+        ice_servers=servers,
+        video_bitrate_bps=int(get("video_bitrate_bps")),  # type: ignore[call-overload]
+        keyframe_interval_s=float(get("keyframe_interval_s")),  # type: ignore[arg-type]
+        viewer_queue_packets=int(get("viewer_queue_packets")),  # type: ignore[call-overload]
+        test_pattern_width=width,
+        test_pattern_height=height,
+        test_pattern_fps=int(get("test_pattern_fps")),  # type: ignore[call-overload]
     )

@@ -46,14 +46,16 @@ _COPY_READINGS = f"COPY readings ({_READING_COLUMNS}) FROM STDIN (FORMAT BINARY)
 _STAGE = "readings_incoming"
 _CREATE_STAGE = (
     f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (device_id text, ts timestamptz,"
-    " temp_c real, rh real, battery_v real, door_open boolean, seq bigint)"
+    " temp_c real, rh real, battery_v real, door_open boolean, seq bigint,"
+    " ord bigint GENERATED ALWAYS AS IDENTITY)"
     " ON COMMIT DELETE ROWS"
 )
 _COPY_STAGE = f"COPY {_STAGE} ({_READING_COLUMNS}) FROM STDIN (FORMAT BINARY)"
-# ORDER BY: concurrent writers take the key locks in one order, which avoids deadlocks.
+# ORDER BY: concurrent writers take the key locks in one order, which avoids deadlocks;
+# DISTINCT ON with the arrival ordinal keeps the first of a key repeated in the batch.
 _MERGE_STAGE = (
     f"INSERT INTO readings ({_READING_COLUMNS})"
-    f" SELECT {_READING_COLUMNS} FROM {_STAGE} ORDER BY device_id, ts"
+    f" SELECT DISTINCT ON (device_id, ts) {_READING_COLUMNS} FROM {_STAGE} ORDER BY device_id, ts, ord"
     " ON CONFLICT (device_id, ts) DO NOTHING"
 )
 _INSERT_REJECTION = (
@@ -364,14 +366,10 @@ class PostgresStore:
         reports the readings that did land as duplicates (rejections of such a batch
         may then be recorded twice; they have no key).
         """
-        # Dedupe in the batch first (the first reading of a key wins): a key twice in
-        # one COPY would fail it and send every such batch down the slow path.
-        unique: dict[tuple[str, datetime], tuple] = {}
-        for r in readings:
-            key = (r.device_id, r.ts)
-            if key not in unique:
-                unique[key] = (r.device_id, r.ts, r.temp_c, r.rh, r.battery_v, r.door_open, r.seq)
-        rows = list(unique.values())
+        # Readings are tuples in COPY column order: the batch itself is the rows. A key
+        # twice in one batch (a device re-sending within one batch window) fails the fast
+        # COPY like a redelivery does, and the slow path keeps the first of them.
+        rows = readings
         rejected = [
             (
                 j.received_at,
