@@ -13,10 +13,14 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # python3-gi + gir1.2-gst-rtsp-server-1.0 (GstRtspServer); plugins-base: videotestsrc,
 # audiotestsrc; -good: rtph264pay, alawenc, RTP payloaders; -bad: x265enc, voaacenc;
 # -ugly: x264enc.
+# WHIP publisher (tests/integration/test_whip_gstreamer.py, Debian's python3 too): -bad's
+# webrtcbin, dtls, srtp; gstreamer1.0-nice (libnice ICE); GI typelibs GstWebRTC/GstSdp
+# (gir1.2-gst-plugins-bad-1.0) and Nice (gir1.2-nice-0.1: keep ICE on 127.0.0.1).
 APT_PACKAGES=(
     mosquitto mosquitto-clients postgresql-15 debootstrap util-linux ca-certificates
     python3-gi gir1.2-gst-rtsp-server-1.0
     gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly
+    gstreamer1.0-nice gir1.2-gst-plugins-bad-1.0 gir1.2-nice-0.1
 )
 
 missing=()

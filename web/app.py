@@ -11,10 +11,20 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from stream.hub import StreamHub
+from stream.ice import IcePolicy, install_host_address_hook
+from stream.registry import Stream, StreamRepository
+from stream.registry_sql import open_stream_repository
+from stream.sources.testpattern import TestPatternSource
+from stream.whep import WhepService
 from telemetry.ingest import Ingester
 from telemetry.metrics import IngestMetrics
 from telemetry.storage import Store, open_store
+from web.api_streams import StreamsApi
+from web.auth import Authenticator
 from web.config import Config
+from web.media_whep import add_whep_routes
+from web.media_whip import WhipEndpoints
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +33,11 @@ REGISTRY = web.AppKey("registry", CollectorRegistry)
 STORE = web.AppKey("store", Store)  # type: ignore[type-abstract]
 INGESTER = web.AppKey("ingester", Ingester)
 STARTED_AT = web.AppKey("started_at", float)
+STREAM_HUB = web.AppKey("stream_hub", StreamHub)
+WHEP = web.AppKey("whep", WhepService)
+STREAMS = web.AppKey("streams", StreamRepository)  # type: ignore[type-abstract]
+AUTH = web.AppKey("auth", Authenticator)
+WHIP = web.AppKey("whip", WhipEndpoints)
 
 RETENTION_EVERY_S = 3600.0
 
@@ -36,6 +51,16 @@ def build_app(config: Config, *, with_ingest: bool = True) -> web.Application:
     if with_ingest:
         app.cleanup_ctx.append(_ingest_ctx)
     app.cleanup_ctx.append(_retention_ctx)
+    # The hub and WHEP sessions are plain objects (no I/O until used): made here so the
+    # routes can hold them; _stream_ctx closes them. The registry's lookup reaches
+    # WhepService in _add_stream_registry (idle registered streams answer 409, not 404).
+    app[STREAM_HUB] = StreamHub(config.stream)
+    app[WHEP] = WhepService(app[STREAM_HUB], IcePolicy(config.stream))
+    app.cleanup_ctx.append(_stream_ctx)
+    if config.demo_test_pattern:
+        app.cleanup_ctx.append(_demo_pattern_ctx)
+    add_whep_routes(app, app[WHEP])
+    _add_stream_registry(app, config)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
@@ -77,6 +102,58 @@ async def _retention_ctx(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+async def _stream_ctx(app: web.Application) -> AsyncIterator[None]:
+    # aioice's host-address lookup, made context-scoped once per process (see stream.ice).
+    install_host_address_hook()
+    yield
+    await app[WHEP].close()
+    app[STREAM_HUB].close()
+
+
+def _add_stream_registry(app: web.Application, config: Config) -> None:
+    """The stream registry (opened and migrated in _registry_ctx), the JSON API and WHIP."""
+    registry = app[STREAMS] = open_stream_repository(config.storage.url)
+    auth = app[AUTH] = Authenticator(config.admin_token)
+
+    async def lookup(slug: str) -> Stream | None:
+        return await asyncio.to_thread(registry.get, slug)
+
+    async def is_known(slug: str) -> bool:
+        return await lookup(slug) is not None
+
+    async def verify_key(slug: str, key: str) -> bool:
+        return await asyncio.to_thread(registry.verify_publish_key, slug, key)
+
+    # A registered stream nobody publishes to is "offline, retry" (409) for viewers.
+    app[WHEP].set_stream_lookup(is_known)
+    whip = app[WHIP] = WhipEndpoints(
+        app[STREAM_HUB], IcePolicy(config.stream), config.stream, auth, lookup, verify_key
+    )
+    whip.register(app)
+    StreamsApi(registry, app[STREAM_HUB], auth, whip.end_stream).register(app.router)
+    # After _stream_ctx: shut down first, so publishers leave before the hub closes.
+    app.cleanup_ctx.append(_registry_ctx)
+
+
+async def _registry_ctx(app: web.Application) -> AsyncIterator[None]:
+    registry = app[STREAMS]
+    await asyncio.to_thread(registry.open)
+    applied = await asyncio.to_thread(registry.migrate)
+    if applied:
+        log.info("stream registry migrations applied: %s", ", ".join(applied))
+    yield
+    await app[WHIP].close()
+    await asyncio.to_thread(registry.close)
+
+
+async def _demo_pattern_ctx(app: web.Application) -> AsyncIterator[None]:
+    # With the Opus beep on every second, so a player's sound can be checked too.
+    source = TestPatternSource(app[STREAM_HUB], "demo", app[CONFIG].stream, audio=True)
+    await source.start()
+    yield
+    await source.stop()
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("simulate", help="publish a simulated sensor fleet to the configured broker")
     p.add_argument("--interval", type=float, default=2.0)
 
+    _add_streams_parser(sub)
+
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -72,6 +74,8 @@ def main(argv: list[str] | None = None) -> None:
             asyncio.run(run_demo(config, args.port, args.interval, args.duration))
         elif args.command == "simulate":
             cmd_simulate(config, args.interval)
+        elif args.command == "streams":
+            cmd_streams(config, args)
     except KeyboardInterrupt:
         pass
 
@@ -125,6 +129,87 @@ def cmd_ingest(config: Config, args: argparse.Namespace) -> None:
         log.info("ingester stopped cleanly")
 
 
+def _add_streams_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("streams", help="manage live streams: add, list, show, rotate-key, remove")
+    streams = p.add_subparsers(dest="streams_command", required=True)
+    a = streams.add_parser("add", help="register a stream; prints its publish key once")
+    a.add_argument("slug", help="URL name: 1-64 of a-z, 0-9, '-'")
+    a.add_argument("--title", required=True)
+    a.add_argument("--site", help="the site (farm, plant, warehouse) it shows")
+    a.add_argument("--kind", choices=["whip", "rtsp", "testpattern"], default="whip")
+    a.add_argument("--rtsp-url", help="the camera's rtsp:// URL (kind rtsp); stored, never shown again")
+    a.add_argument("--unlisted", action="store_true", help="reachable by its URL, not in the public list")
+    streams.add_parser("list", help="every stream, public and unlisted")
+    for name, text in [
+        ("show", "one stream's settings"),
+        ("rotate-key", "replace the publish key; prints the new one once"),
+        ("remove", "delete a stream"),
+    ]:
+        streams.add_parser(name, help=text).add_argument("slug")
+
+
+def cmd_streams(config: Config, args: argparse.Namespace) -> None:
+    from stream.registry import RegistryError, Stream, StreamSpec
+    from stream.registry_sql import open_stream_repository
+
+    def describe(s: Stream) -> str:
+        # masked_rtsp_url: an operator's terminal (and its scrollback) is a log too.
+        fields = [
+            ("slug", s.slug),
+            ("title", s.title),
+            ("site", s.site or "-"),
+            ("kind", s.kind),
+            ("visibility", s.visibility),
+            ("owner", s.owner or "-"),
+            ("created", s.created_at.isoformat(timespec="seconds")),
+        ]
+        if s.masked_rtsp_url:
+            fields.append(("rtsp_url", s.masked_rtsp_url))
+        return "\n".join(f"{k:<11} {v}" for k, v in fields)
+
+    repo = open_stream_repository(config.storage.url)
+    repo.open()
+    try:
+        repo.migrate()
+        cmd = args.streams_command
+        if cmd == "add":
+            spec = StreamSpec(
+                slug=args.slug,
+                title=args.title,
+                site=args.site,
+                kind=args.kind,
+                visibility="unlisted" if args.unlisted else "public",
+                rtsp_url=args.rtsp_url,
+            )
+            stream, key = repo.create(spec)
+            print(describe(stream))
+            print(f"publish key: {key}")
+            print("(shown once: only its hash is stored; `origincast streams rotate-key` makes a new one)")
+        elif cmd == "list":
+            rows = repo.list_streams(include_unlisted=True)
+            if not rows:
+                print("no streams; add one with `origincast streams add SLUG --title …`")
+            for s in rows:
+                print(f"{s.slug:<24} {s.kind:<12} {s.visibility:<9} {s.site or '-':<16} {s.title}")
+        elif cmd == "show":
+            found = repo.get(args.slug)
+            if found is None:
+                raise SystemExit(f"origincast: no stream {args.slug!r}")
+            print(describe(found))
+        elif cmd == "rotate-key":
+            key = repo.rotate_key(args.slug)
+            print(f"new publish key for {args.slug}: {key}")
+            print("(the old key no longer works for new sessions; shown once)")
+        elif cmd == "remove":
+            if not repo.delete(args.slug):
+                raise SystemExit(f"origincast: no stream {args.slug!r}")
+            print(f"removed {args.slug}")
+    except RegistryError as exc:
+        raise SystemExit(f"origincast: {exc}") from None
+    finally:
+        repo.close()
+
+
 def cmd_simulate(config: Config, interval: float) -> None:
     from devices.simulator import Fleet, demo_fleet
 
@@ -151,6 +236,8 @@ async def run_demo(config: Config, port: int, interval: float, duration: float) 
         mqtt = replace(parse_mqtt_url(broker.url), protocol="3.1.1")
         config = replace(config, ingest=replace(config.ingest, mqtt=mqtt, client_id="origincast-demo"))
         log.info("embedded MQTT broker (MQTT 3.1.1) on %s", broker.url)
+    # The demo shows live video too: the test pattern, watchable over WHEP at /whep/demo.
+    config = replace(config, demo_test_pattern=True)
     app = build_app(config)
     runner = web.AppRunner(app)
     await runner.setup()
@@ -161,7 +248,8 @@ async def run_demo(config: Config, port: int, interval: float, duration: float) 
     fleet.start()
     print(
         f"origincast demo: http://{config.http.host}:{port}/metrics · database {config.storage.url}"
-        f" · broker {m.host}:{m.port} · Ctrl-C to stop",
+        f" · broker {m.host}:{m.port} · live test pattern: WHEP http://{config.http.host}:{port}/whep/demo"
+        " · Ctrl-C to stop",
         flush=True,
     )
     stop = asyncio.Event()
