@@ -13,6 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from stream.hub import StreamHub
 from stream.ice import IcePolicy, install_host_address_hook
+from stream.metrics import register_stream_metrics
 from stream.registry import Stream, StreamRepository
 from stream.registry_sql import open_stream_repository
 from stream.sources.testpattern import TestPatternSource
@@ -25,6 +26,7 @@ from web.auth import Authenticator
 from web.config import Config
 from web.media_whep import add_whep_routes
 from web.media_whip import WhipEndpoints
+from web.pages import add_page_routes
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +57,15 @@ def build_app(config: Config, *, with_ingest: bool = True) -> web.Application:
     # routes can hold them; _stream_ctx closes them. The registry's lookup reaches
     # WhepService in _add_stream_registry (idle registered streams answer 409, not 404).
     app[STREAM_HUB] = StreamHub(config.stream)
+    register_stream_metrics(app[REGISTRY], app[STREAM_HUB])  # per-stream gauges, read at scrape
     app[WHEP] = WhepService(app[STREAM_HUB], IcePolicy(config.stream))
     app.cleanup_ctx.append(_stream_ctx)
     if config.demo_test_pattern:
         app.cleanup_ctx.append(_demo_pattern_ctx)
     add_whep_routes(app, app[WHEP])
     _add_stream_registry(app, config)
+    # The phone publish page and the public player, with their scripts and styles.
+    add_page_routes(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import ssl
 import sys
 import time
 from dataclasses import replace
@@ -17,7 +18,7 @@ from telemetry.ingest import Ingester
 from telemetry.metrics import IngestMetrics
 from telemetry.storage import open_store
 from web.app import STORE, build_app
-from web.config import Config, ConfigError, load_config, parse_mqtt_url
+from web.config import Config, ConfigError, HttpSettings, check_tls_files, load_config, parse_mqtt_url
 
 log = logging.getLogger("origincast")
 
@@ -34,6 +35,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     p.add_argument("--no-ingest", action="store_true", help="web only; ingesters run elsewhere")
+    p.add_argument(
+        "--certfile",
+        help="PEM certificate (chain) to serve HTTPS: phones open the camera only on secure pages",
+    )
+    p.add_argument("--keyfile", help="PEM private key of --certfile")
 
     p = sub.add_parser("ingest", help="run only the MQTT ingester (scale out with --shared)")
     p.add_argument("--shared", metavar="GROUP", help="join the MQTT 5 shared subscription $share/GROUP/…")
@@ -78,12 +84,45 @@ def main(argv: list[str] | None = None) -> None:
             cmd_streams(config, args)
     except KeyboardInterrupt:
         pass
+    except ConfigError as exc:
+        # Settings that only a command checks (serve's certificate): the same short
+        # message and exit code as a bad setting found at load time.
+        print(f"origincast: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def cmd_serve(config: Config, args: argparse.Namespace) -> None:
     http = replace(config.http, host=args.host or config.http.host, port=args.port or config.http.port)
+    if args.certfile or args.keyfile:
+        # The command line names both files together; it replaces the configured pair.
+        http = check_tls_files(replace(http, certfile=args.certfile, keyfile=args.keyfile))
+    ssl_context = server_ssl_context(http)
     app = build_app(config, with_ingest=not args.no_ingest)
-    web.run_app(app, host=http.host, port=http.port, print=lambda s: log.info("%s", s))
+    scheme = "https" if ssl_context else "http"
+    base = f"{scheme}://{http.host}:{http.port}"
+    log.info("pages: %s/publish/<stream> (phones) and %s/watch/<stream> (viewers)", base, base)
+    web.run_app(
+        app, host=http.host, port=http.port, ssl_context=ssl_context, print=lambda s: log.info("%s", s)
+    )
+
+
+def server_ssl_context(http: HttpSettings) -> ssl.SSLContext | None:
+    """The TLS context for `serve`, or None for plain HTTP (no certificate configured)."""
+    if not http.certfile or not http.keyfile:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    # TLS 1.2 is the oldest that phones still in use all speak; older ones are broken.
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(http.certfile, http.keyfile)
+    except ssl.SSLError as exc:
+        raise ConfigError(
+            f"--certfile {http.certfile} / --keyfile {http.keyfile}: not a PEM certificate and its"
+            f" matching private key ({exc.reason or exc})"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the certificate or key: {exc}") from None
+    return context
 
 
 def cmd_migrate(config: Config) -> None:
@@ -252,6 +291,8 @@ async def run_demo(config: Config, port: int, interval: float, duration: float) 
         " · Ctrl-C to stop",
         flush=True,
     )
+    # Its own line: the address a newcomer copies into a browser.
+    print(f"watch the live test pattern: http://{config.http.host}:{port}/watch/demo", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

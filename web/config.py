@@ -28,6 +28,10 @@ class ConfigError(ValueError):
 class HttpSettings:
     host: str = "127.0.0.1"
     port: int = 8080
+    # PEM certificate chain and its private key: with both, `serve` speaks HTTPS (phones
+    # give the camera only to secure pages). Neither: plain HTTP, e.g. behind a TLS proxy.
+    certfile: str | None = None
+    keyfile: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +53,8 @@ class Config:
 _SCHEMA: dict[tuple[str, str], tuple[type, object]] = {
     ("http", "host"): (str, "127.0.0.1"),
     ("http", "port"): (int, 8080),
+    ("http", "certfile"): (str, ""),
+    ("http", "keyfile"): (str, ""),
     ("database", "url"): (str, "sqlite:///origincast.db"),
     ("database", "retention_days"): (int, 400),
     ("database", "chunk_interval_hours"): (int, 24),
@@ -233,7 +239,14 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
         limits=limits,
     )
     return Config(
-        http=HttpSettings(host=str(v[("http", "host")]), port=int(v[("http", "port")])),  # type: ignore[call-overload]
+        http=check_tls_files(
+            HttpSettings(
+                host=str(v[("http", "host")]),
+                port=int(v[("http", "port")]),  # type: ignore[call-overload]
+                certfile=str(v[("http", "certfile")]) or None,
+                keyfile=str(v[("http", "keyfile")]) or None,
+            )
+        ),
         storage=StorageSettings(
             url=db_url,
             retention_days=int(v[("database", "retention_days")]),  # type: ignore[call-overload]
@@ -245,6 +258,19 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
         stream=_stream_settings(v),
         demo_test_pattern=bool(v[("stream", "demo_test_pattern")]),
     )
+
+
+def check_tls_files(http: HttpSettings) -> HttpSettings:
+    """Both files or neither; each must be a readable file. (Whether they hold a matching
+    certificate and key is for ssl to say when the server starts.)"""
+    given = {"ORIGINCAST_HTTP_CERTFILE": http.certfile, "ORIGINCAST_HTTP_KEYFILE": http.keyfile}
+    if bool(http.certfile) != bool(http.keyfile):
+        missing = next(name for name, value in given.items() if not value)
+        raise ConfigError(f"{missing}: HTTPS needs both a certificate and its key (--certfile and --keyfile)")
+    for name, path in given.items():
+        if path and not Path(path).is_file():
+            raise ConfigError(f"{name}: {path!r} is not a readable file")
+    return http
 
 
 def _admin_token(token: str) -> str | None:
