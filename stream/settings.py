@@ -36,3 +36,6 @@ class StreamSettings:
     # RTSP pull: reconnect backoff.
     rtsp_reconnect_min_s: float = 1.0
     rtsp_reconnect_max_s: float = 30.0
+    # WHEP senders: True packetizes once per stream and sends through a thin per-viewer
+    # path (stream.rtp.sender); False uses aiortc's own RTCRtpSender loop.
+    fast_sender: bool = False

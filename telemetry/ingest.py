@@ -16,6 +16,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -51,10 +52,19 @@ class IngestStatus:
 class Ingester:
     """One MQTT ingest consumer. ``start()`` and ``stop()`` are blocking, thread-based."""
 
-    def __init__(self, settings: IngestSettings, store: Store, metrics: IngestMetrics) -> None:
+    def __init__(
+        self,
+        settings: IngestSettings,
+        store: Store,
+        metrics: IngestMetrics,
+        on_committed: Callable[[list[Reading], datetime], None] | None = None,
+    ) -> None:
         self._settings = settings
         self._store = store
         self._metrics = metrics
+        # Called in the write stage after each commit, before the acks, with the batch's
+        # readings and the commit time (the alert service: it must only hand them over).
+        self._on_committed = on_committed
         self._cond = threading.Condition()
         self._pending: list[_Message] = []
         self._pending_bytes = 0
@@ -306,6 +316,11 @@ class Ingester:
         if result_w is None:
             return  # stopping with the database down: unacked, the broker keeps them
         committed = time.monotonic()
+        if self._on_committed is not None and readings:
+            try:
+                self._on_committed(readings, datetime.now(UTC))
+            except Exception:  # a consumer's bug must not stop ingest or hold the acks back
+                log.exception("on_committed callback failed")
         # Acknowledge only QoS 1 messages (mid 0 is QoS 0) of the live connection, in
         # arrival order.
         with self._cond:

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -18,9 +19,12 @@ from stream.registry import Stream, StreamRepository
 from stream.registry_sql import open_stream_repository
 from stream.sources.testpattern import TestPatternSource
 from stream.whep import WhepService
+from telemetry.alerts.metrics import AlertMetrics
+from telemetry.alerts.service import AlertService
 from telemetry.ingest import Ingester
 from telemetry.metrics import IngestMetrics
 from telemetry.storage import Store, open_store
+from web.api_alerts import ALERTS, AlertsApi
 from web.api_streams import StreamsApi
 from web.auth import Authenticator
 from web.config import Config
@@ -51,6 +55,9 @@ def build_app(config: Config, *, with_ingest: bool = True) -> web.Application:
     app[STARTED_AT] = time.time()
     app.cleanup_ctx.append(_store_ctx)
     if with_ingest:
+        # The one alert engine runs beside ingest (see telemetry.alerts.service); it starts
+        # before the ingester feeds it and stops after.
+        app.cleanup_ctx.append(_alerts_ctx)
         app.cleanup_ctx.append(_ingest_ctx)
     app.cleanup_ctx.append(_retention_ctx)
     # The hub and WHEP sessions are plain objects (no I/O until used): made here so the
@@ -66,6 +73,7 @@ def build_app(config: Config, *, with_ingest: bool = True) -> web.Application:
     _add_stream_registry(app, config)
     # The phone publish page and the public player, with their scripts and styles.
     add_page_routes(app)
+    AlertsApi(app[AUTH], lambda: app[STORE], lambda: app.get(ALERTS)).register(app.router)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
@@ -84,11 +92,28 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _ingest_ctx(app: web.Application) -> AsyncIterator[None]:
-    ingester = Ingester(app[CONFIG].ingest, app[STORE], IngestMetrics(app[REGISTRY]))
+    alerts = app.get(ALERTS)
+    ingester = Ingester(
+        app[CONFIG].ingest,
+        app[STORE],
+        IngestMetrics(app[REGISTRY]),
+        on_committed=alerts.submit if alerts is not None else None,
+    )
     await asyncio.to_thread(ingester.start)
     app[INGESTER] = ingester
     yield
     await asyncio.to_thread(ingester.stop)
+
+
+async def _alerts_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    # Its own MQTT client id, derived from the ingester's (unique per process already).
+    settings = replace(config.alerts, mqtt=config.ingest.mqtt, client_id=f"{config.ingest.client_id}-alerts")
+    service = AlertService(settings, app[STORE], AlertMetrics(app[REGISTRY]))
+    await asyncio.to_thread(service.start)
+    app[ALERTS] = service
+    yield
+    await asyncio.to_thread(service.stop)
 
 
 async def _retention_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -59,6 +59,15 @@ def main(argv: list[str] | None = None) -> None:
 
     _add_streams_parser(sub)
 
+    p = sub.add_parser("devices", help="devices: assign a site and an alert profile, list")
+    devices = p.add_subparsers(dest="devices_command", required=True)
+    a = devices.add_parser("assign", help="put a device on a site and an alert profile")
+    a.add_argument("device")
+    a.add_argument("--site", help="site id (a farm, plant, warehouse, or 'fleet')")
+    a.add_argument("--profile", help="alert profile: frozen, chilled, pharma or a custom one")
+    a.add_argument("--name", help="a human name for the device")
+    devices.add_parser("list", help="every assigned device")
+
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -82,6 +91,8 @@ def main(argv: list[str] | None = None) -> None:
             cmd_simulate(config, args.interval)
         elif args.command == "streams":
             cmd_streams(config, args)
+        elif args.command == "devices":
+            cmd_devices(config, args)
     except KeyboardInterrupt:
         pass
     except ConfigError as exc:
@@ -249,6 +260,41 @@ def cmd_streams(config: Config, args: argparse.Namespace) -> None:
         repo.close()
 
 
+def cmd_devices(config: Config, args: argparse.Namespace) -> None:
+    """Writes the assignment to the database; a running engine picks it up within its
+    snapshot interval (30 s). The API (PUT /api/v1/devices/ID) applies it at once."""
+    from telemetry.alerts import builtin_profiles
+    from telemetry.storage.alerts import Device
+
+    store = open_store(config.storage)
+    store.open()
+    try:
+        store.migrate()
+        if args.devices_command == "list":
+            for d in store.list_devices():
+                print(
+                    f"{d.device_id:<24} site {d.site_id or '-':<16}"
+                    f" profile {d.profile_id or '-':<12} {d.name or ''}"
+                )
+            return
+        known = set(builtin_profiles()) | set(store.list_profiles())
+        if args.profile is not None and args.profile not in known:
+            raise SystemExit(
+                f"origincast: unknown profile {args.profile!r} (known: {', '.join(sorted(known))})"
+            )
+        old = store.get_device(args.device) or Device(args.device)
+        device = Device(
+            args.device,
+            args.site if args.site is not None else old.site_id,
+            args.profile if args.profile is not None else old.profile_id,
+            args.name if args.name is not None else old.name,
+        )
+        store.upsert_device(device)
+        print(f"{device.device_id}: site {device.site_id or '-'}, profile {device.profile_id or '-'}")
+    finally:
+        store.close()
+
+
 def cmd_simulate(config: Config, interval: float) -> None:
     from devices.simulator import Fleet, demo_fleet
 
@@ -260,6 +306,40 @@ def cmd_simulate(config: Config, interval: float) -> None:
             time.sleep(1)
     finally:
         fleet.stop()
+
+
+# The demo fleet's sites and profiles: truck-7's door opening (2 minutes) stays within the
+# chilled profile's delays; truck-9's failed compressor does not.
+DEMO_ASSIGNMENTS = (
+    ("coldroom-1", "warehouse", "chilled", "Cold room 1"),
+    ("freezer-1", "warehouse", "frozen", "Freezer 1"),
+    ("pharma-fridge-1", "pharmacy", "pharma", "Pharma fridge 1"),
+    ("truck-7", "fleet", "chilled", "Truck 7"),
+    ("truck-9", "fleet", "chilled", "Truck 9"),
+)
+
+
+def _assign_demo_fleet(app: web.Application) -> None:
+    from telemetry.storage.alerts import Device
+    from web.api_alerts import ALERTS
+
+    service = app.get(ALERTS)
+    if service is None:
+        return
+    for device_id, site, profile, name in DEMO_ASSIGNMENTS:
+        service.assign(Device(device_id, site, profile, name))
+
+    def show(event: dict[str, object]) -> None:
+        a = event["alert"]
+        assert isinstance(a, dict)
+        peak = "" if a.get("peak") is None else f" peak {a['peak']:+.1f}"
+        print(
+            f"[{time.strftime('%H:%M:%S')}] ALERT {event['event']}: {a['device_id']} ({event['site_id']})"
+            f" {a['rule_id']} {a['severity']}{peak}" + (" · found late" if a.get("found_late") else ""),
+            flush=True,
+        )
+
+    service.add_listener(show)
 
 
 async def run_demo(config: Config, port: int, interval: float, duration: float) -> None:
@@ -282,6 +362,7 @@ async def run_demo(config: Config, port: int, interval: float, duration: float) 
     await runner.setup()
     site = web.TCPSite(runner, config.http.host, port)
     await site.start()
+    _assign_demo_fleet(app)
     m = config.ingest.mqtt
     fleet = Fleet(demo_fleet(), m.host, m.port, interval_s=interval, protocol=m.protocol)
     fleet.start()

@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from stream.settings import IceServer, StreamSettings
+from telemetry.alerts.settings import AlertServiceSettings, WebhookSettings
 from telemetry.settings import IngestSettings, MqttSettings, PayloadLimits, StorageSettings
 
 
@@ -46,6 +47,7 @@ class Config:
     demo_test_pattern: bool = False
     # Bearer token for the admin API's writes (streams); None: writes are disabled.
     admin_token: str | None = field(default=None, repr=False)
+    alerts: AlertServiceSettings = field(default_factory=AlertServiceSettings)
 
 
 # (section, key) -> (type, default). Env name: ORIGINCAST_<SECTION>_<KEY>, except the two
@@ -81,7 +83,11 @@ _SCHEMA: dict[tuple[str, str], tuple[type, object]] = {
     ("stream", "test_pattern_height"): (int, 720),
     ("stream", "test_pattern_fps"): (int, 30),
     ("stream", "demo_test_pattern"): (bool, False),
+    ("stream", "fast_sender"): (bool, False),
     ("admin", "token"): (str, ""),
+    # Comma-separated http(s) URLs that receive every alert event, signed with the secret.
+    ("alerts", "webhooks"): (tuple, ()),
+    ("alerts", "webhook_secret"): (str, ""),
 }
 _SHORT_ENV = {
     ("database", "url"): "ORIGINCAST_DATABASE_URL",
@@ -238,7 +244,16 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
         receive_maximum=int(v[("ingest", "receive_maximum")]),  # type: ignore[call-overload]
         limits=limits,
     )
+    try:
+        webhooks = WebhookSettings(
+            urls=tuple(v[("alerts", "webhooks")]),  # type: ignore[call-overload]
+            secret=str(v[("alerts", "webhook_secret")]) or None,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"ORIGINCAST_ALERTS_WEBHOOKS: {exc}") from None
+    alerts = AlertServiceSettings(mqtt=mqtt, topic_prefix=ingest.topic_prefix, webhooks=webhooks)
     return Config(
+        alerts=alerts,
         http=check_tls_files(
             HttpSettings(
                 host=str(v[("http", "host")]),
@@ -327,4 +342,5 @@ def _stream_settings(v: Mapping[tuple[str, str], object]) -> StreamSettings:
         test_pattern_width=width,
         test_pattern_height=height,
         test_pattern_fps=int(get("test_pattern_fps")),  # type: ignore[call-overload]
+        fast_sender=bool(get("fast_sender")),
     )

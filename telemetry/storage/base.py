@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 from telemetry.readings import Bucket, Reading, Rejection
+from telemetry.storage.alerts import AlertStore
 
 
 class StorageUnavailable(Exception):
@@ -24,7 +25,7 @@ class WriteResult:
     duplicates: int  # rows whose (device_id, ts) was already stored: redeliveries
 
 
-class Store(Protocol):
+class Store(AlertStore, Protocol):
     kind: str  # "timescale", "postgres" or "sqlite"
 
     def open(self) -> None: ...

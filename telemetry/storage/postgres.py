@@ -30,6 +30,7 @@ from psycopg_pool import ConnectionPool
 
 from telemetry.readings import Bucket, Reading, Rejection
 from telemetry.settings import StorageSettings
+from telemetry.storage.alerts_postgres import PostgresAlertStore
 from telemetry.storage.base import StorageUnavailable, WriteResult
 from telemetry.storage.migrate import load_migrations
 
@@ -122,7 +123,7 @@ def _reading(row: tuple) -> Reading:
     return Reading(device_id, _utc(ts), temp_c, rh, battery_v, door_open, seq)
 
 
-class PostgresStore:
+class PostgresStore(PostgresAlertStore):
     def __init__(self, settings: StorageSettings) -> None:
         self._settings = settings
         self._conninfo = _conninfo(settings.url)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from telemetry.readings import Bucket, Reading, Rejection
 from telemetry.settings import StorageSettings
+from telemetry.storage.alerts_sqlite import SqliteAlertStore
 from telemetry.storage.base import StorageUnavailable, WriteResult
 from telemetry.storage.migrate import load_migrations, split_sqlite_statements
 
@@ -86,7 +87,7 @@ def _reading(row: tuple) -> Reading:
     )
 
 
-class SqliteStore:
+class SqliteStore(SqliteAlertStore):
     kind = "sqlite"
 
     def __init__(self, settings: StorageSettings) -> None:
