@@ -216,7 +216,10 @@ class Ingester:
         with self._cond:
             pending = self._pending
             if not pending:
+                # Wake the parse stage so the batch's age timer starts now, not at its
+                # next idle wake-up.
                 self._first_pending_at = now
+                self._cond.notify_all()
             pending.append((topic, payload, mid, self._generation, now))
             self._pending_bytes += len(payload)
             if len(pending) == self._settings.batch_max_rows or (
