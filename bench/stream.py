@@ -221,6 +221,22 @@ def tail(path: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
+def relay_python(sender: str) -> list[str]:
+    """How to start bench/stream_relay.py. It builds its configuration from an explicit
+    environment, so the sender choice is added to that (load_config wrapped) by a
+    ``-c`` launcher (whose errors then name "-c" rather than the script)."""
+    if sender == "default":
+        return [PYTHON, str(BENCH / "stream_relay.py")]
+    value = "true" if sender == "fast" else "false"
+    code = (
+        "import runpy, sys; import web.config as c; load = c.load_config; "
+        "c.load_config = lambda path=None, env=None: load(path, "
+        f"{{**(env or {{}}), 'ORIGINCAST_STREAM_FAST_SENDER': '{value}'}}); "
+        "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')"
+    )
+    return [PYTHON, "-c", code, str(BENCH / "stream_relay.py")]
+
+
 def start_server(procs: Processes, argv: list[str], log_path: Path, timeout: float = 30.0):
     """Start a server script that prints 'ready <port>' on stdout once it listens."""
     out = log_path.with_suffix(".out")
@@ -395,8 +411,7 @@ def measure_ours(args: argparse.Namespace, procs: Processes, workdir: Path) -> d
     relay = start_server(
         procs,
         [
-            PYTHON,
-            str(BENCH / "stream_relay.py"),
+            *relay_python(args.sender),
             f"--port={port}",
             f"--database=sqlite:///{workdir / 'relay.db'}",
             f"--slug={SLUG}",
@@ -808,6 +823,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--quiet-below", type=float, default=0.3, help="cores busy besides us counted as quiet")
     ap.add_argument("--wait-quiet", type=float, default=60.0, help="max seconds to wait for quiet")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    ap.add_argument(
+        "--sender",
+        choices=("default", "fast", "aiortc"),
+        default="default",
+        help="the relay's WHEP sender: ORIGINCAST_STREAM_FAST_SENDER true (fast: packetize once,"
+        " thin per-viewer path) or false (aiortc's RTCRtpSender loop); default: the setting's default",
+    )
     args = ap.parse_args(argv)
     q = args.quick
     args.viewers = args.viewers or (10 if q else 50)
@@ -1014,6 +1036,7 @@ def report(
     return {
         "bench": "stream",
         "quick": args.quick,
+        "sender": args.sender,
         "viewers": n,
         "bitrate_bps_measured": b0["gauges"].get("bitrate_bps"),
         "source_fps_measured": b0["gauges"].get("fps"),

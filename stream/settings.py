@@ -37,5 +37,5 @@ class StreamSettings:
     rtsp_reconnect_min_s: float = 1.0
     rtsp_reconnect_max_s: float = 30.0
     # WHEP senders: True packetizes once per stream and sends through a thin per-viewer
-    # path (stream.rtp.sender); False uses aiortc's own RTCRtpSender loop.
-    fast_sender: bool = False
+    # path (stream.rtp.sender, UDP GSO on Linux); False uses aiortc's own RTCRtpSender loop.
+    fast_sender: bool = True

@@ -11,6 +11,11 @@ which a packet track does not have; the session points the sender's keyframe hoo
 the viewer's feed instead, so the request reaches the stream's one encoder, through
 the stream's rate limiter.
 
+With ``StreamSettings.fast_sender`` the sessions' senders are ``stream.rtp.sender``'s
+``FastRtpSender``: the stream's packets are packetized once for all its viewers
+(``stream.rtp.packetizer``) and each sender only stamps its own RTP headers, protects
+and sends; RTCP, NACK/RTX and the keyframe hook stay as described above.
+
 ``WhepService`` keeps the sessions of this process by id; the web layer maps its
 exceptions to HTTP statuses.
 """
@@ -32,6 +37,9 @@ from aiortc.sdp import SessionDescription
 from stream.fanout import FeedClosed, LiveStream, ViewerFeed
 from stream.hub import StreamHub
 from stream.ice import IcePolicy
+from stream.packets import MediaPacket
+from stream.rtp.packetizer import cache_for
+from stream.rtp.sender import use_fast_sender
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +124,12 @@ class VideoFeedTrack(_FeedTrack):
     kind = "video"
 
     async def recv(self) -> av.Packet:
+        return (await self.recv_media()).packet
+
+    async def recv_media(self) -> MediaPacket:
+        """The shared packet itself (the fast sender packetizes it once per stream)."""
         try:
-            return (await self._feed.next_video()).packet
+            return await self._feed.next_video()
         except FeedClosed:
             raise self._ended() from None
 
@@ -126,8 +138,11 @@ class AudioFeedTrack(_FeedTrack):
     kind = "audio"
 
     async def recv(self) -> av.Packet:
+        return (await self.recv_media()).packet
+
+    async def recv_media(self) -> MediaPacket:
         try:
-            return (await self._feed.next_audio()).packet
+            return await self._feed.next_audio()
         except FeedClosed:
             raise self._ended() from None
 
@@ -143,8 +158,10 @@ class WhepSession:
         *,
         connect_timeout_s: float = 30.0,
         on_closed: Callable[[WhepSession], None] | None = None,
+        fast_sender: bool = False,
     ) -> None:
         self.id = session_id
+        self.fast_sender = fast_sender
         self.stream = stream
         self.created_at = time.time()
         self._ice = ice
@@ -188,9 +205,13 @@ class WhepSession:
             # m-lines bind to, so their codec preferences decide the answer.
             video = pc.addTransceiver(VideoFeedTrack(feed, self._feed_ended), direction="sendonly")
             video.setCodecPreferences(_video_preferences())
+            if self.fast_sender:
+                use_fast_sender(video.sender, cache_for(self.stream))
             if offers_audio and self.stream.has_audio:
                 audio = pc.addTransceiver(AudioFeedTrack(feed, self._feed_ended), direction="sendonly")
                 audio.setCodecPreferences(_audio_preferences())
+                if self.fast_sender:
+                    use_fast_sender(audio.sender, cache_for(self.stream))
             with self._ice.scope():
                 try:
                     await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
@@ -259,8 +280,11 @@ class WhepService:
         *,
         is_known: Callable[[str], Awaitable[bool]] | None = None,
         connect_timeout_s: float = 30.0,
+        fast_sender: bool | None = None,
     ) -> None:
         self._hub = hub
+        # None: as the hub's settings say (ORIGINCAST_STREAM_FAST_SENDER).
+        self.fast_sender = hub.settings.fast_sender if fast_sender is None else fast_sender
         self._ice = ice
         # Hook for the stream registry: a slug it knows but the hub has never seen is
         # "offline" (409), not "unknown" (404). Without it, "known" means "in the hub".
@@ -294,6 +318,7 @@ class WhepService:
             self._ice,
             connect_timeout_s=self._connect_timeout_s,
             on_closed=self._forget,
+            fast_sender=self.fast_sender,
         )
         self._sessions[session.id] = session
         try:

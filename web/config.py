@@ -83,7 +83,7 @@ _SCHEMA: dict[tuple[str, str], tuple[type, object]] = {
     ("stream", "test_pattern_height"): (int, 720),
     ("stream", "test_pattern_fps"): (int, 30),
     ("stream", "demo_test_pattern"): (bool, False),
-    ("stream", "fast_sender"): (bool, False),
+    ("stream", "fast_sender"): (bool, True),
     ("admin", "token"): (str, ""),
     # Comma-separated http(s) URLs that receive every alert event, signed with the secret.
     ("alerts", "webhooks"): (tuple, ()),

@@ -265,10 +265,9 @@ class GstProcess:
         self.args = [
             SYSTEM_PYTHON,
             str(script),
-            "--url",
-            url,
-            "--key",
-            key,
+            f"--url={url}",
+            # "=": a key may begin with "-" (token_urlsafe), which argparse would read as an option.
+            f"--key={key}",
             "--width",
             str(GST_WIDTH),
             "--height",

@@ -1,0 +1,158 @@
+"""The fast sender's header template and per-frame send loop, without a network."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+import pytest
+from aiortc.rtcdtlstransport import State
+from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
+from aiortc.rtp import HeaderExtensionsMap, RtpPacket, unwrap_rtx
+
+from stream.rtp.packetizer import FramePayloads
+from stream.rtp.sender import FastRtpSender, HeaderTemplate, ntp_now
+
+pytestmark = pytest.mark.timeout(30)
+
+MID = "urn:ietf:params:rtp-hdrext:sdes:mid"
+ABS = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time"
+
+
+def ext_map(*uris: str) -> HeaderExtensionsMap:
+    m = HeaderExtensionsMap()
+    m.configure(
+        RTCRtpParameters(
+            headerExtensions=[RTCRtpHeaderExtensionParameters(id=i + 1, uri=u) for i, u in enumerate(uris)]
+        )
+    )
+    return m
+
+
+@pytest.mark.parametrize(
+    ("uris", "mid"),
+    [
+        ((MID, ABS), "0"),
+        ((MID, ABS), "video-mid-x"),
+        ((ABS,), "0"),
+        ((MID,), "1"),
+        ((), None),
+        ((MID, ABS), None),
+    ],
+)
+def test_template_packet_parses_back_with_aiortc(uris, mid):
+    m = ext_map(*uris)
+    t = HeaderTemplate(102, 0xDEADBEEF, mid, m)
+    ntp = ntp_now()
+    tail = t.frame_tail(0x12345678, ntp)
+    data = t.packet(65535, True, tail, b"payload")
+    p = RtpPacket.parse(data, m)
+    assert (p.payload_type, p.marker, p.sequence_number) == (102, 1, 65535)
+    assert (p.timestamp, p.ssrc, p.payload) == (0x12345678, 0xDEADBEEF, b"payload")
+    assert p.extensions.mid == (mid if MID in uris else None)
+    assert p.extensions.abs_send_time == (((ntp >> 14) & 0xFFFFFF) if ABS in uris else None)
+    # Byte for byte what aiortc's own serialize makes of the same packet.
+    ref = RtpPacket(payload_type=102, marker=1, sequence_number=65535, timestamp=0x12345678, ssrc=0xDEADBEEF)
+    ref.payload = b"payload"
+    ref.extensions.mid = mid
+    ref.extensions.abs_send_time = (ntp >> 14) & 0xFFFFFF
+    assert data == ref.serialize(m)
+
+
+def test_ntp_now_matches_aiortc_clock():
+    from aiortc import clock
+
+    assert abs(ntp_now() - clock.current_ntp_time()) < (1 << 32) // 100  # within 10 ms
+
+
+class FakeDtls:
+    """What _send_frame touches on aiortc's RTCDtlsTransport and aioice's Connection."""
+
+    def __init__(self) -> None:
+        self._state = State.CONNECTED
+        self.sent: list[tuple[bytes, tuple[str, int]]] = []
+        self._tx_srtp = SimpleNamespace(protect=lambda data: b"S" + data)
+        transport = SimpleNamespace(sendto=lambda data, addr: self.sent.append((data, addr)))
+        pair = SimpleNamespace(protocol=SimpleNamespace(transport=transport), remote_addr=("127.0.0.1", 9))
+        self.transport = SimpleNamespace(_connection=SimpleNamespace(_nominated={1: pair}))
+        self._RTCDtlsTransport__tx_bytes = 0
+        self._RTCDtlsTransport__tx_packets = 0
+        self.rtp_sent: list[bytes] = []
+
+    async def _send_rtp(self, data: bytes) -> None:
+        self.rtp_sent.append(data)
+
+
+def fast_sender(dtls: FakeDtls, m: HeaderExtensionsMap) -> FastRtpSender:
+    s = FastRtpSender.__new__(FastRtpSender)  # no peer connection: only what the loop reads
+    s._fast_init(None)  # type: ignore[arg-type]
+    s._ssrc, s._rtx_ssrc = 1111, 2222
+    s._RTCRtpSender__transport = dtls
+    s._RTCRtpSender__rtp_header_extensions_map = m
+    s._RTCRtpSender__rtx_payload_type = 103
+    s._RTCRtpSender__rtx_sequence_number = 500
+    s._RTCRtpSender__octet_count = 0
+    s._RTCRtpSender__packet_count = 0
+    s._seq, s._ts_origin = 65534, 0xFFFFFF00
+    s._template = HeaderTemplate(102, s._ssrc, "0", m)
+    return s
+
+
+async def test_send_frame_history_counters_and_rtx():
+    m = ext_map(MID, ABS)
+    dtls = FakeDtls()
+    s = fast_sender(dtls, m)
+    before = time.time()
+    s._send_frame(s._template, FramePayloads([b"a" * 10, b"b" * 20, b"c" * 5], 0x200))
+    assert len(dtls.sent) == 3 and all(d.startswith(b"S") and a == ("127.0.0.1", 9) for d, a in dtls.sent)
+    packets = [RtpPacket.parse(d[1:], m) for d, _ in dtls.sent]
+    assert [p.sequence_number for p in packets] == [65534, 65535, 0]  # wraps
+    assert [p.marker for p in packets] == [0, 0, 1]
+    assert {p.timestamp for p in packets} == {0x100}  # 0xFFFFFF00 + 0x200 wraps at 32 bits
+    assert len({p.extensions.abs_send_time for p in packets}) == 1  # once per frame
+    assert s._RTCRtpSender__octet_count == 35 and s._RTCRtpSender__packet_count == 3
+    assert s._RTCRtpSender__rtp_timestamp == 0x100
+    assert s._RTCRtpSender__ntp_timestamp >= int((before + 2_208_988_800) * 2**32)
+    assert dtls._RTCDtlsTransport__tx_packets == 3
+    # The history holds the serialized, unprotected packets, by sequence number.
+    assert s.history_packet(65535) == dtls.sent[1][0][1:]
+    assert s.history_packet(1) is None
+    # A NACK for 65535 goes out as RTX (aiortc's wrap_rtx), recoverable with unwrap_rtx.
+    await s._retransmit(65535)
+    rtx = RtpPacket.parse(dtls.rtp_sent[0], m)
+    assert (rtx.payload_type, rtx.ssrc, rtx.sequence_number) == (103, 2222, 500)
+    orig = unwrap_rtx(rtx, payload_type=102, ssrc=1111)
+    assert (orig.sequence_number, orig.payload, orig.timestamp) == (65535, b"b" * 20, 0x100)
+    await s._retransmit(12345)  # not in the history: nothing sent
+    assert len(dtls.rtp_sent) == 1
+
+
+def test_send_frame_refuses_when_not_connected():
+    dtls = FakeDtls()
+    dtls._state = State.CLOSED
+    s = fast_sender(dtls, ext_map(MID, ABS))
+    with pytest.raises(ConnectionError):
+        s._send_frame(s._template, FramePayloads([b"x"], 0))
+    assert not dtls.sent
+
+
+def test_gso_runs_arrive_as_separate_datagrams_in_order():
+    import socket
+
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        rx.bind(("127.0.0.1", 0))
+        rx.settimeout(2)
+        s = fast_sender(FakeDtls(), ext_map(MID, ABS))
+        # Two runs of equal sizes (as FU-A fragments: k of size+1, then size), a
+        # shorter last one, and a lone odd one.
+        outs = [bytes([i]) * n for i, n in enumerate([1201, 1201, 1200, 1200, 1200, 700, 90])]
+        fallback: list[bytes] = []
+        s._send_segmented(tx, outs, rx.getsockname(), lambda d, a: (fallback.append(d), tx.sendto(d, a)))
+        got = [rx.recv(2048) for _ in outs]
+        assert got == outs
+        assert s.gso_calls >= 1 or not s.gso  # GSO used, or refused by this kernel (fallback)
+    finally:
+        rx.close()
+        tx.close()
