@@ -57,8 +57,8 @@ class SimulatedSensor:
 
 
 def demo_fleet(seed: int = 7) -> list[SimulatedSensor]:
-    """A cold room, a freezer, a pharma fridge and two reefer trucks, one with a door
-    opening briefly and one whose compressor fails a few minutes in."""
+    """A cold room, a freezer, a pharma fridge and two reefer trucks: truck-7 opens its door
+    for a minute every nine minutes (deliveries), truck-9's compressor fails a minute in."""
     rng = random.Random(seed)
 
     def space(sp: float) -> ThermalSpace:
@@ -68,8 +68,8 @@ def demo_fleet(seed: int = 7) -> list[SimulatedSensor]:
         SimulatedSensor("coldroom-1", space(2.0)),
         SimulatedSensor("freezer-1", space(-21.0)),
         SimulatedSensor("pharma-fridge-1", space(5.0)),
-        SimulatedSensor("truck-7", space(3.0), doors=[(60.0, 120.0)]),
-        SimulatedSensor("truck-9", space(3.0), compressor_fails_at_s=180.0),
+        SimulatedSensor("truck-7", space(3.0), doors=[(60.0 + 540.0 * k, 60.0) for k in range(12)]),
+        SimulatedSensor("truck-9", space(3.0), compressor_fails_at_s=60.0),
     ]
 
 

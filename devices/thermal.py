@@ -17,7 +17,8 @@ class ThermalSpace:
     ambient_c: float = 22.0
     temp_c: float = field(default=math.nan)
     # Time constants (s): how fast the air follows the cooling or the warm air from outside.
-    cooling_tau_s: float = 600.0
+    # A working reefer unit pulls the air back down within minutes of a door closing.
+    cooling_tau_s: float = 150.0
     warming_tau_s: float = 900.0
     door_tau_s: float = 240.0
     noise_c: float = 0.05

@@ -14,6 +14,7 @@ from dataclasses import replace
 
 from aiohttp import web
 
+from telemetry.alerts.rules import Direction, DoorOpenRule, LimitRule, OfflineRule, Profile
 from telemetry.ingest import Ingester
 from telemetry.metrics import IngestMetrics
 from telemetry.storage import open_store
@@ -308,15 +309,31 @@ def cmd_simulate(config: Config, interval: float) -> None:
         fleet.stop()
 
 
-# The demo fleet's sites and profiles: truck-7's door opening (2 minutes) stays within the
-# chilled profile's delays; truck-9's failed compressor does not.
+# The demo fleet's sites and profiles: truck-7's one-minute door openings stay within the
+# reefer profile's 5-minute delay; truck-9's failed compressor does not (an alert about
+# seven minutes in, so a newcomer sees both soon).
 DEMO_ASSIGNMENTS = (
     ("coldroom-1", "warehouse", "chilled", "Cold room 1"),
     ("freezer-1", "warehouse", "frozen", "Freezer 1"),
     ("pharma-fridge-1", "pharmacy", "pharma", "Pharma fridge 1"),
-    ("truck-7", "fleet", "chilled", "Truck 7"),
-    ("truck-9", "fleet", "chilled", "Truck 9"),
+    ("truck-7", "fleet", "reefer-demo", "Truck 7"),
+    ("truck-9", "fleet", "reefer-demo", "Truck 9"),
 )
+
+
+def demo_reefer_profile() -> Profile:
+    """Chilled goods in a delivery truck: doors open at every stop, so a 5-minute delay; no
+    ignore period, so the demo's compressor failure shows within minutes."""
+    return Profile(
+        "reefer-demo",
+        "Reefer truck, chilled 0-4 °C (demo)",
+        (
+            LimitRule("upper", Direction.ABOVE, 4.0, delay_s=300, clear_hysteresis=0.5, clear_for_s=60),
+            LimitRule("lower", Direction.BELOW, 0.0, delay_s=300, clear_hysteresis=0.5, clear_for_s=60),
+            OfflineRule(),
+            DoorOpenRule(open_for_s=600),
+        ),
+    )
 
 
 def _assign_demo_fleet(app: web.Application) -> None:
@@ -326,6 +343,7 @@ def _assign_demo_fleet(app: web.Application) -> None:
     service = app.get(ALERTS)
     if service is None:
         return
+    service.save_profile(demo_reefer_profile())
     for device_id, site, profile, name in DEMO_ASSIGNMENTS:
         service.assign(Device(device_id, site, profile, name))
 
