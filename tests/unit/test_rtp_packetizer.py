@@ -52,9 +52,20 @@ def test_keyframe_has_stap_a_and_fu_a(video_packets):
     assert key[0][3 + sps_len + 2] & 0x1F == 8  # then PPS
     fua = [p for p in key if p[0] & 0x1F == NAL_TYPE_FU_A]
     assert len(fua) >= 2
-    assert fua[0][1] & 0x80 and not fua[0][1] & 0x40  # start bit on the first fragment
-    assert fua[-1][1] & 0x40 and not fua[-1][1] & 0x80  # end bit on the last
-    assert all(not (p[1] & 0xC0) for p in fua[1:-1])
+    # x264 with sliced threads may cut the IDR picture into several slices: each slice is
+    # one run of fragments, start bit on its first, end bit on its last, none between.
+    runs: list[list[bytes]] = []
+    for p in fua:
+        if p[1] & 0x80:
+            runs.append([])
+        assert runs, "a fragment before any start bit"
+        runs[-1].append(p)
+    assert runs
+    for run in runs:
+        assert len(run) >= 2
+        assert run[0][1] & 0x80 and not run[0][1] & 0x40
+        assert run[-1][1] & 0x40 and not run[-1][1] & 0x80
+        assert all(not (p[1] & 0xC0) for p in run[1:-1])
     assert all(p[1] & 0x1F == 5 for p in fua)  # IDR slice
     assert all(len(p) <= PACKET_MAX for p in key)
 
