@@ -923,7 +923,14 @@ def report(
         f"source frames in the {w['seconds']:.0f} s window {ours['source_frames_n']} "
         f"(skipped {ours['source_skipped_n']})"
     )
-    log("ours (origincast relay, encode once, av.Packet fan-out, aiortc senders packetize per viewer):")
+    path = (
+        "aiortc senders packetize per viewer"
+        if args.sender == "aiortc"
+        else "packetized once per stream, thin per-viewer sender (the default)"
+        if args.sender in ("fast", "default")
+        else args.sender
+    )
+    log(f"ours (origincast relay, encode once, av.Packet fan-out, {path}):")
     log(
         f"  relay CPU: 0 viewers {b0['cpu_pct']:.1f} % before / {b1['cpu_pct']:.1f} % after "
         f"(source thread {b0['source_thread_cpu_pct']:.1f} %),"
