@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
 from aiohttp import web
@@ -28,6 +28,7 @@ from web.api_alerts import ALERTS, AlertsApi
 from web.api_streams import StreamsApi
 from web.auth import Authenticator
 from web.config import Config
+from web.live import install_live_feed
 from web.media_whep import add_whep_routes
 from web.media_whip import WhipEndpoints
 from web.pages import add_page_routes
@@ -74,6 +75,9 @@ def build_app(config: Config, *, with_ingest: bool = True) -> web.Application:
     # The phone publish page and the public player, with their scripts and styles.
     add_page_routes(app)
     AlertsApi(app[AUTH], lambda: app[STORE], lambda: app.get(ALERTS)).register(app.router)
+    # The WebSocket live feed (readings and alert events from MQTT); after the store and
+    # the registry in cleanup_ctx, so it opens after them and closes before them.
+    install_live_feed(app, config.ingest, lambda: app[STORE], _stream_site(app), app[REGISTRY])
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
@@ -165,6 +169,19 @@ def _add_stream_registry(app: web.Application, config: Config) -> None:
     StreamsApi(registry, app[STREAM_HUB], auth, whip.end_stream).register(app.router)
     # After _stream_ctx: shut down first, so publishers leave before the hub closes.
     app.cleanup_ctx.append(_registry_ctx)
+
+
+def _stream_site(app: web.Application) -> Callable[[str], tuple[bool, str | None]]:
+    """slug -> (exists, site) for the live feed (called in a worker thread)."""
+
+    def lookup(slug: str) -> tuple[bool, str | None]:
+        stream = app[STREAMS].get(slug)
+        if stream is None:
+            # The demo's test pattern is not in the registry: it exists, linked to no site.
+            return slug == "demo" and app[CONFIG].demo_test_pattern, None
+        return True, stream.site
+
+    return lookup
 
 
 async def _registry_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -1,0 +1,246 @@
+"""The watch page's live overlay in headless Chromium, against a real `origincast serve`
+(ingest, alert engine, live feed), a real mosquitto and SQLite, all inside the loopback-
+only network namespace (tests/e2e/harness.py):
+
+- a reading published over MQTT shows in the overlay within 1 s;
+- an alert raises the banner; resolving it through the API (admin token) removes it;
+- stale readings say so; the trend arrow; English and Chinese; a phone-sized viewport.
+
+Screenshots go to test-artifacts/overlay-*.png.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Browser, Page
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+from telemetry.settings import StorageSettings
+from telemetry.storage import open_store
+from telemetry.storage.alerts import Device
+from tests.e2e.harness import ADMIN_TOKEN, PHONE, NetNs, server_env, stop_process, wait_healthy
+from web.embedded_broker import free_port
+
+pytestmark = pytest.mark.timeout(180)
+
+SLUG, SITE = "dairy-cam", "Dairy 3"
+COLDROOM, TRUCK = "coldroom-3", "truck-12"
+ZERO_DELAY = {
+    "name": "Zero delay (test)",
+    "rules": [
+        {"kind": "limit", "id": "upper", "direction": "above", "threshold": 4.0, "delay_s": 0,
+         "clear_hysteresis": 0.5, "clear_for_s": 0},
+    ],
+}  # fmt: skip
+
+# Run inside the namespace (the test process is outside it).
+_PUBLISH = """
+import sys, paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+c = mqtt.Client(CallbackAPIVersion.VERSION2)
+c.connect("127.0.0.1", int(sys.argv[1]))
+c.loop_start()
+c.publish(sys.argv[2], sys.argv[3], qos=1).wait_for_publish(10)
+c.disconnect()
+c.loop_stop()
+"""
+_REQUEST = """
+import json, sys, urllib.request
+req = urllib.request.Request(sys.argv[1], data=sys.argv[3].encode() or None, method=sys.argv[2],
+    headers={"Authorization": "Bearer " + sys.argv[4], "Content-Type": "application/json"})
+try:
+    with urllib.request.urlopen(req, timeout=10) as r:
+        print(json.dumps({"status": r.status, "body": r.read().decode()}))
+except urllib.error.HTTPError as e:
+    print(json.dumps({"status": e.code, "body": e.read().decode()}))
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class LiveServer:
+    base_url: str
+    port: int
+    mqtt_port: int
+    netns: NetNs
+    log_path: Path
+
+    def run(self, *args: str) -> str:
+        out = subprocess.run(
+            [*self.netns.prefix(), sys.executable, "-c", *args], capture_output=True, text=True, timeout=30
+        )
+        assert out.returncode == 0, out.stderr[-800:]
+        return out.stdout
+
+    def reading(self, device: str, temp: float, ts: datetime | None = None) -> None:
+        ts = ts or datetime.now(UTC)
+        body = json.dumps({"ts": int(ts.timestamp() * 1000), "temp_c": temp})
+        self.run(_PUBLISH, str(self.mqtt_port), f"origincast/{device}/telemetry", body)
+
+    def request(self, method: str, path: str, body: object = None) -> tuple[int, object]:
+        raw = "" if body is None else json.dumps(body)
+        url = f"http://127.0.0.1:{self.port}{path}"
+        answer = json.loads(self.run(_REQUEST, url, method, raw, ADMIN_TOKEN))
+        return int(answer["status"]), json.loads(answer["body"] or "null")
+
+    def log_tail(self) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-40:])
+
+
+@pytest.fixture(scope="module")
+def live_server(tmp_path_factory: pytest.TempPathFactory, netns: NetNs) -> Iterator[LiveServer]:
+    workdir = tmp_path_factory.mktemp("e2e-live")
+    port, mqtt_port = free_port(), free_port()
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(f"listener {mqtt_port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    broker = subprocess.Popen(
+        [*netns.prefix(), "/usr/sbin/mosquitto", "-c", str(conf)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    db = f"sqlite:///{workdir / 'origincast.db'}"
+    env = server_env(db, port, ORIGINCAST_MQTT_URL=f"mqtt://127.0.0.1:{mqtt_port}")
+    out = subprocess.run(
+        [sys.executable, "-m", "web", "streams", "add", SLUG, "--title", "Dairy", "--site", SITE],
+        cwd=workdir, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    # The sensors linked to the stream (same site) and a zero-delay profile, stored before
+    # the server starts (the alert engine and the live feed read them at start).
+    store = open_store(StorageSettings(url=db))
+    store.open()
+    store.migrate()
+    store.save_profile("zero", {"id": "zero", **ZERO_DELAY})  # as the API stores it
+    store.upsert_device(Device(COLDROOM, SITE, "zero", "Cold room"))
+    store.upsert_device(Device(TRUCK, SITE, None, "Truck 12"))
+    store.close()
+    log_path = workdir / "serve.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [*netns.prefix(), sys.executable, "-m", "web", "serve"],
+            cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    srv = LiveServer(f"http://localhost:{port}", port, mqtt_port, netns, log_path)
+    try:
+        wait_healthy(netns, port, proc)
+        deadline = time.monotonic() + 20
+        while netns.http_get(f"http://127.0.0.1:{port}/readyz")[0] != 200:
+            assert time.monotonic() < deadline, srv.log_tail()
+            time.sleep(0.2)
+        yield srv
+    finally:
+        code = stop_process(proc)
+        broker.terminate()
+        broker.wait(10)
+        assert code == 0, f"serve exited with {code}:\n{srv.log_tail()}"
+
+
+def wait_js(page: Page, expr: str, arg: object, timeout_s: float, what: str) -> None:
+    try:
+        page.wait_for_function(expr, arg=arg, timeout=timeout_s * 1000, polling=50)
+    except PlaywrightTimeout:
+        overlay = page.locator("#telemetry-overlay").inner_text()
+        raise AssertionError(f"{what} not within {timeout_s} s; overlay says {overlay!r}") from None
+
+
+HAS_TEXT = "([sel, s]) => (document.querySelector(sel)?.textContent || '').includes(s)"
+NO_ALERTS = "() => !document.querySelector('#telemetry-overlay .live-alerts')"
+
+
+def test_overlay_readings_alert_banner_languages_phone(
+    browser: Browser, live_server: LiveServer, artifacts: Path
+) -> None:
+    srv = live_server
+    now = datetime.now(UTC)
+    srv.reading(TRUCK, 5.1, now - timedelta(minutes=3))  # stale by the time the page opens
+    srv.reading(COLDROOM, 3.0, now - timedelta(seconds=70))  # the trend's reference
+    context = browser.new_context(
+        viewport=PHONE, device_scale_factor=2, is_mobile=True, has_touch=True, locale="en-US"
+    )
+    try:
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(f"{srv.base_url}/watch/{SLUG}")
+        wait_js(page, "() => document.querySelector('#telemetry-overlay')?.dataset.live === 'live'", None, 10,
+                "live feed connected")  # fmt: skip
+        truck = f"#telemetry-overlay [data-device='{TRUCK}']"
+        wait_js(page, HAS_TEXT, [truck, "5.1 °C"], 5, "the truck's stored reading")
+        assert "stale" in page.locator(truck).inner_text()
+        assert "is-stale" in (page.locator(truck).get_attribute("class") or "")
+
+        # A reading over MQTT shows within 1 s (timed from the publish's acknowledgement).
+        cold = f"#telemetry-overlay [data-device='{COLDROOM}']"
+        srv.reading(COLDROOM, 3.6)
+        wait_js(page, HAS_TEXT, [cold, "3.6 °C"], 1.0, "a published reading")
+        text = page.locator(cold).inner_text()
+        assert "Cold room" in text and "↑" in text and "s ago" in text and "stale" not in text
+        page.screenshot(path=str(artifacts / "overlay-en-phone.png"))
+
+        # An alert raises the banner (device name, rule, peak, since when) ...
+        srv.reading(COLDROOM, 6.2)
+        wait_js(page, HAS_TEXT, ["#telemetry-overlay .live-alerts", "peak 6.2 °C"], 3, "the alert banner")
+        banner = page.locator("#telemetry-overlay .live-alerts").inner_text()
+        assert "Cold room" in banner and "upper" in banner and "since" in banner
+        page.screenshot(path=str(artifacts / "overlay-en-alert-phone.png"))
+
+        # ... in Chinese too (the switch, no reload) ...
+        page.click("[data-lang-switch='zh-CN']")
+        banner_sel = "#telemetry-overlay .live-alerts"
+        wait_js(page, HAS_TEXT, [banner_sel, "峰值 6.2 °C"], 2, "the banner in Chinese")
+        assert "秒前" in page.locator(cold).inner_text()
+        assert "已过时" in page.locator(truck).inner_text()
+        page.screenshot(path=str(artifacts / "overlay-zh-alert-phone.png"))
+
+        # ... and resolving it (the API, admin token) removes it.
+        status, body = srv.request("GET", f"/api/v1/alerts?device={COLDROOM}&state=active")
+        assert status == 200, body
+        [alert] = body["alerts"]  # type: ignore[index]
+        status, body = srv.request("POST", f"/api/v1/alerts/{alert['id']}/resolve", {"comment": "door shut"})
+        assert status == 200, body
+        wait_js(page, NO_ALERTS, None, 1.0, "the banner's removal")
+        page.screenshot(path=str(artifacts / "overlay-zh-resolved-phone.png"))
+
+        # A phone: the overlay stays in the lower part of the picture, within the screen.
+        box = page.locator("#telemetry-overlay").bounding_box()
+        video = page.locator("#player-box").bounding_box()
+        assert box is not None and video is not None
+        assert box["width"] <= PHONE["width"] and box["height"] <= video["height"] / 2, (box, video)
+        assert not errors, errors
+    finally:
+        context.close()
+
+
+def test_overlay_reconnects_with_a_fresh_snapshot(browser: Browser, live_server: LiveServer) -> None:
+    """The page resumes after the socket drops: a new snapshot, then changes."""
+    srv = live_server
+    context = browser.new_context(viewport=PHONE, locale="zh-CN")
+    try:
+        page = context.new_page()
+        # Count the sockets the page opens; close the first one from the page's side.
+        page.add_init_script(
+            "window.__sockets = []; const W = window.WebSocket;"
+            "window.WebSocket = function (u, p) {"
+            " const s = new W(u, p); window.__sockets.push(s); return s; };"
+            "window.WebSocket.prototype = W.prototype;"
+        )
+        page.goto(f"{srv.base_url}/watch/{SLUG}")
+        wait_js(page, "() => document.querySelector('#telemetry-overlay')?.dataset.live === 'live'", None, 10,
+                "live feed connected")  # fmt: skip
+        page.evaluate("window.__sockets[0].close()")
+        wait_js(page, HAS_TEXT, ["#telemetry-overlay", "重新连接"], 2, "the reconnecting notice")
+        wait_js(page, "() => window.__sockets.length === 2 &&"
+                " document.querySelector('#telemetry-overlay').dataset.live === 'live'", None, 5,
+                "the reconnection")  # fmt: skip
+        srv.reading(TRUCK, 4.4)
+        wait_js(page, HAS_TEXT, [f"#telemetry-overlay [data-device='{TRUCK}']", "4.4 °C"], 1.0, "a reading")
+    finally:
+        context.close()
