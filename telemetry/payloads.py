@@ -56,6 +56,7 @@ time window, and a Reading built without the frozen-dataclass ``__init__`` overh
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -127,24 +128,9 @@ def device_id_from_topic(topic: str, prefix: str = "origincast") -> str | None:
     return None
 
 
-# Valid topics seen recently, per prefix: a dict lookup instead of split + validation.
-# Bounded (cleared when full); dict operations are atomic under the GIL.
-_TOPIC_CACHE: dict[str, dict[str, str]] = {}
-_TOPIC_CACHE_MAX: Final = 100_000
-
-
-def _cached_device_id(topic: str, prefix: str) -> str | None:
-    cache = _TOPIC_CACHE.get(prefix)
-    if cache is None:
-        cache = _TOPIC_CACHE.setdefault(prefix, {})
-    device_id = cache.get(topic)
-    if device_id is None:
-        device_id = device_id_from_topic(topic, prefix)
-        if device_id is not None:
-            if len(cache) >= _TOPIC_CACHE_MAX:
-                cache.clear()
-            cache[topic] = device_id
-    return device_id
+# Valid topics seen recently: a cached lookup instead of split + validation. lru_cache is
+# bounded and thread-safe (the ingester and the live feed parse on different threads).
+_cached_device_id = functools.lru_cache(maxsize=65_536)(device_id_from_topic)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -806,6 +792,8 @@ def parse_message(
     ``now`` object for a whole poll batch lets the time window be computed once.
     Raises only for a naive ``now`` (a caller bug); never because of the message.
     """
+    # _last_ctx is replaced, never mutated: a thread reads it once into a local, so two
+    # threads parsing with different ``now`` only rebuild it more often.
     global _last_ctx
     cx = _last_ctx
     if cx is None or cx.now is not now or cx.lim is not limits:
@@ -820,10 +808,7 @@ def parse_message(
             future_us = round(limits.max_future_s * 1e6)
         cx = _last_ctx = _Ctx(now, now_us, age_us, future_us, limits)
     try:
-        cache = _TOPIC_CACHE.get(prefix)
-        device_id = cache.get(topic) if cache is not None else None
-        if device_id is None:
-            device_id = _cached_device_id(topic, prefix)
+        device_id = _cached_device_id(topic, prefix)
         if device_id is None:
             return _one(topic, payload, now, "bad_topic", _bad_topic_detail(topic, prefix))
         size = len(payload)
