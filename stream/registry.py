@@ -83,8 +83,8 @@ class StreamSpec:
 
 @dataclass(frozen=True, slots=True)
 class StreamChanges:
-    """A partial update; ``None`` means "leave as is". ``clear_site`` / ``clear_rtsp_url``
-    exist because None cannot also mean "set to nothing"."""
+    """A partial update; ``None`` means "leave as is". ``clear_site`` / ``clear_rtsp_url`` /
+    ``clear_owner`` exist because None cannot also mean "set to nothing"."""
 
     title: str | None = None
     site: str | None = None
@@ -93,6 +93,10 @@ class StreamChanges:
     visibility: Visibility | None = None
     rtsp_url: str | None = field(default=None, repr=False)
     clear_rtsp_url: bool = False
+    # The user who manages the stream (a producer's own streams); the web tier decides who
+    # may change it.
+    owner: str | None = None
+    clear_owner: bool = False
 
 
 class StreamRepository(Protocol):
@@ -129,6 +133,46 @@ class StreamRepository(Protocol):
     def verify_publish_key(self, slug: str, key: str) -> bool:
         """True when ``key`` is the stream's current publish key (constant-time compare)."""
         ...
+
+    def get_links(self, slug: str) -> StreamLinks | None:
+        """The sites and devices stored for ``slug`` (empty: none stored, see
+        ``effective_links``); None for an unknown stream."""
+        ...
+
+    def set_links(self, slug: str, links: StreamLinks) -> StreamLinks:
+        """Replace the stream's links (validated). Raises StreamNotFound, InvalidStream."""
+        ...
+
+    def share_stamp(self, slug: str) -> str | None:
+        """What a share token is bound to besides the slug: the stream's creation time and
+        its share generation, which ``rotate_key`` bumps (so rotating revokes every share
+        link, and a stream removed and made again does not inherit the old links)."""
+        ...
+
+    def server_secret(self) -> bytes:
+        """The deployment's share-link signing key, made once and kept in this database
+        (every web node of a deployment shares it)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class StreamLinks:
+    """The sensors a stream shows: every device of ``sites`` and each of ``devices``."""
+
+    sites: tuple[str, ...] = ()
+    devices: tuple[str, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not self.sites and not self.devices
+
+
+def effective_links(stream: Stream, stored: StreamLinks) -> StreamLinks:
+    """Nothing stored means the stream's own site (a new stream shows its site's sensors
+    without anyone linking it)."""
+    if stored.empty:
+        return StreamLinks(sites=(stream.site,) if stream.site else ())
+    return stored
 
 
 # -- checks ---------------------------------------------------------------------------
@@ -209,6 +253,28 @@ def check_kind_and_url(kind: SourceKind, rtsp_url: str | None) -> None:
         raise InvalidStream(f"rtsp_url is only for streams of kind rtsp, not {kind}")
 
 
+LINKS_MAX = 100
+DEVICE_ID_MAX = 64
+
+
+def check_links(sites: object, devices: object) -> StreamLinks:
+    """Lists of site and device ids; duplicates dropped, order kept."""
+
+    def ids(name: str, values: object, max_len: int) -> tuple[str, ...]:
+        if not isinstance(values, list | tuple):
+            raise InvalidStream(f"{name} must be a list of ids, got {values!r}")
+        if len(values) > LINKS_MAX:
+            raise InvalidStream(f"{name}: at most {LINKS_MAX} ids, got {len(values)}")
+        out: dict[str, None] = {}
+        for v in values:
+            checked = _check_text(name, v, max_len, required=True)
+            assert checked is not None
+            out[checked] = None
+        return tuple(out)
+
+    return StreamLinks(sites=ids("sites", sites, SITE_MAX), devices=ids("devices", devices, DEVICE_ID_MAX))
+
+
 def validate_spec(spec: StreamSpec) -> StreamSpec:
     kind = check_kind(spec.kind)
     rtsp_url = check_rtsp_url(spec.rtsp_url) if spec.rtsp_url is not None else None
@@ -251,7 +317,7 @@ def apply_changes(stream: Stream, changes: StreamChanges) -> Stream:
         visibility=(
             check_visibility(changes.visibility) if changes.visibility is not None else stream.visibility
         ),
-        owner=stream.owner,
+        owner=None if changes.clear_owner else check_owner(changes.owner) or stream.owner,
         created_at=stream.created_at,
         rtsp_url=rtsp_url,
     )

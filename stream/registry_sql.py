@@ -13,6 +13,7 @@ by a lock (SQLite) or a two-connection pool (PostgreSQL) is plenty.
 from __future__ import annotations
 
 import logging
+import secrets
 import sqlite3
 import threading
 import time
@@ -30,10 +31,12 @@ from stream.registry import (
     Stream,
     StreamChanges,
     StreamExists,
+    StreamLinks,
     StreamNotFound,
     StreamRepository,
     StreamSpec,
     apply_changes,
+    check_links,
     hash_publish_key,
     new_publish_key,
     publish_key_matches,
@@ -81,6 +84,51 @@ CREATE TABLE IF NOT EXISTS streams (
 )""",
         },
     ),
+    # A producer's listing asks for their own streams (owner; the column is in 0001).
+    (
+        2,
+        "0002_streams_owner_index",
+        {
+            "postgres": "CREATE INDEX IF NOT EXISTS streams_owner ON streams (owner)",
+            "sqlite": "CREATE INDEX IF NOT EXISTS streams_owner ON streams (owner)",
+        },
+    ),
+    # 3, not 2: the stream owner's migration was being written at the same time. Links and
+    # share links (see StreamRepository.get_links, share_stamp, server_secret).
+    (
+        3,
+        "0003_links_and_share",
+        {
+            "postgres": """
+ALTER TABLE streams ADD COLUMN IF NOT EXISTS share_generation integer NOT NULL DEFAULT 0;
+CREATE TABLE IF NOT EXISTS stream_links (
+    slug text NOT NULL REFERENCES streams (slug) ON DELETE CASCADE,
+    kind text NOT NULL CHECK (kind IN ('site', 'device')),
+    target text NOT NULL,
+    position integer NOT NULL,
+    PRIMARY KEY (slug, kind, target)
+);
+CREATE TABLE IF NOT EXISTS stream_server_secret (
+    id integer PRIMARY KEY CHECK (id = 1),
+    secret text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+)""",
+            "sqlite": """
+ALTER TABLE streams ADD COLUMN share_generation INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE IF NOT EXISTS stream_links (
+    slug TEXT NOT NULL REFERENCES streams (slug) ON DELETE CASCADE,
+    kind TEXT NOT NULL CHECK (kind IN ('site', 'device')),
+    target TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    PRIMARY KEY (slug, kind, target)
+);
+CREATE TABLE IF NOT EXISTS stream_server_secret (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    secret TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+)""",
+        },
+    ),
 )
 
 _COLUMNS = "slug, title, site, source_kind, visibility, owner, created_at, rtsp_url"
@@ -111,6 +159,33 @@ def _stream(row: tuple[Any, ...]) -> Stream:
         created_at=created_at,
         rtsp_url=rtsp_url,
     )
+
+
+def _statements(sql: str) -> list[str]:
+    """One migration's statements (sqlite3's execute takes one at a time)."""
+    return [part.strip() for part in sql.split(";\n") if part.strip()]
+
+
+def _us(when: datetime) -> int:
+    return (when - _EPOCH) // timedelta(microseconds=1)
+
+
+def _stamp(created_at: Any, generation: int) -> str:
+    if not isinstance(created_at, int):
+        created_at = _us(created_at)
+    return f"{created_at}:{generation}"
+
+
+def _links(rows: list[tuple[Any, ...]]) -> StreamLinks:
+    return StreamLinks(
+        sites=tuple(t for k, t in rows if k == "site"), devices=tuple(t for k, t in rows if k == "device")
+    )
+
+
+def _link_rows(slug: str, links: StreamLinks) -> list[tuple[str, str, str, int]]:
+    return [(slug, "site", t, i) for i, t in enumerate(links.sites)] + [
+        (slug, "device", t, i) for i, t in enumerate(links.devices)
+    ]
 
 
 def open_stream_repository(database_url: str) -> StreamRepository:
@@ -187,7 +262,8 @@ class SqliteStreamRepository:
                     "SELECT 1 FROM stream_schema_migrations WHERE version = ?", (version,)
                 ).fetchone()
                 if done is None:
-                    conn.execute(sql["sqlite"])
+                    for statement in _statements(sql["sqlite"]):
+                        conn.execute(statement)
                     conn.execute(
                         "INSERT INTO stream_schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
                         (version, name, _now_us()),
@@ -252,8 +328,8 @@ class SqliteStreamRepository:
             new = apply_changes(_stream(row), changes)
             conn.execute(
                 "UPDATE streams SET title = ?, site = ?, source_kind = ?, rtsp_url = ?, visibility = ?,"
-                " updated_at = ? WHERE slug = ?",
-                (new.title, new.site, new.kind, new.rtsp_url, new.visibility, _now_us(), slug),
+                " owner = ?, updated_at = ? WHERE slug = ?",
+                (new.title, new.site, new.kind, new.rtsp_url, new.visibility, new.owner, _now_us(), slug),
             )
         return new
 
@@ -261,7 +337,8 @@ class SqliteStreamRepository:
         key = new_publish_key()
         with self._tx(write=True) as conn:
             cur = conn.execute(
-                "UPDATE streams SET publish_key_sha256 = ?, updated_at = ? WHERE slug = ?",
+                "UPDATE streams SET publish_key_sha256 = ?, share_generation = share_generation + 1,"
+                " updated_at = ? WHERE slug = ?",
                 (hash_publish_key(key), _now_us(), slug),
             )
             if cur.rowcount == 0:
@@ -270,12 +347,53 @@ class SqliteStreamRepository:
 
     def delete(self, slug: str) -> bool:
         with self._tx(write=True) as conn:
+            # Foreign keys are off in SQLite unless asked for: the links go by hand.
+            conn.execute("DELETE FROM stream_links WHERE slug = ?", (slug,))
             return conn.execute("DELETE FROM streams WHERE slug = ?", (slug,)).rowcount > 0
 
     def verify_publish_key(self, slug: str, key: str) -> bool:
         with self._tx(write=False) as conn:
             row = conn.execute("SELECT publish_key_sha256 FROM streams WHERE slug = ?", (slug,)).fetchone()
         return row is not None and publish_key_matches(key, row[0])
+
+    def get_links(self, slug: str) -> StreamLinks | None:
+        with self._tx(write=False) as conn:
+            if conn.execute("SELECT 1 FROM streams WHERE slug = ?", (slug,)).fetchone() is None:
+                return None
+            rows = conn.execute(
+                "SELECT kind, target FROM stream_links WHERE slug = ? ORDER BY kind, position", (slug,)
+            ).fetchall()
+        return _links(rows)
+
+    def set_links(self, slug: str, links: StreamLinks) -> StreamLinks:
+        links = check_links(list(links.sites), list(links.devices))
+        with self._tx(write=True) as conn:
+            if conn.execute("SELECT 1 FROM streams WHERE slug = ?", (slug,)).fetchone() is None:
+                raise StreamNotFound(f"no stream {slug!r}")
+            conn.execute("DELETE FROM stream_links WHERE slug = ?", (slug,))
+            conn.executemany(
+                "INSERT INTO stream_links (slug, kind, target, position) VALUES (?, ?, ?, ?)",
+                _link_rows(slug, links),
+            )
+        return links
+
+    def share_stamp(self, slug: str) -> str | None:
+        with self._tx(write=False) as conn:
+            row = conn.execute(
+                "SELECT created_at, share_generation FROM streams WHERE slug = ?", (slug,)
+            ).fetchone()
+        return _stamp(row[0], row[1]) if row else None
+
+    def server_secret(self) -> bytes:
+        with self._tx(write=True) as conn:
+            row = conn.execute("SELECT secret FROM stream_server_secret WHERE id = 1").fetchone()
+            if row is None:
+                row = (secrets.token_urlsafe(32),)
+                conn.execute(
+                    "INSERT INTO stream_server_secret (id, secret, created_at) VALUES (1, ?, ?)",
+                    (row[0], _now_us()),
+                )
+        return str(row[0]).encode("ascii")
 
 
 class PostgresStreamRepository:
@@ -330,7 +448,8 @@ class PostgresStreamRepository:
             for version, name, sql in _MIGRATIONS:
                 if version in done:
                     continue
-                cur.execute(sql["postgres"])  # type: ignore[arg-type]
+                for statement in _statements(sql["postgres"]):
+                    cur.execute(statement)  # type: ignore[arg-type]
                 cur.execute(
                     "INSERT INTO stream_schema_migrations (version, name) VALUES (%s, %s)", (version, name)
                 )
@@ -388,8 +507,8 @@ class PostgresStreamRepository:
             new = apply_changes(_stream(row), changes)
             cur.execute(
                 "UPDATE streams SET title = %s, site = %s, source_kind = %s, rtsp_url = %s,"
-                " visibility = %s, updated_at = now() WHERE slug = %s",
-                (new.title, new.site, new.kind, new.rtsp_url, new.visibility, slug),
+                " visibility = %s, owner = %s, updated_at = now() WHERE slug = %s",
+                (new.title, new.site, new.kind, new.rtsp_url, new.visibility, new.owner, slug),
             )
         return new
 
@@ -397,7 +516,8 @@ class PostgresStreamRepository:
         key = new_publish_key()
         with self._tx() as cur:
             cur.execute(
-                "UPDATE streams SET publish_key_sha256 = %s, updated_at = now() WHERE slug = %s",
+                "UPDATE streams SET publish_key_sha256 = %s, share_generation = share_generation + 1,"
+                " updated_at = now() WHERE slug = %s",
                 (hash_publish_key(key), slug),
             )
             if cur.rowcount == 0:
@@ -414,6 +534,49 @@ class PostgresStreamRepository:
             cur.execute("SELECT publish_key_sha256 FROM streams WHERE slug = %s", (slug,))
             row = cur.fetchone()
         return row is not None and publish_key_matches(key, row[0])
+
+    def get_links(self, slug: str) -> StreamLinks | None:
+        with self._tx() as cur:
+            cur.execute("SELECT 1 FROM streams WHERE slug = %s", (slug,))
+            if cur.fetchone() is None:
+                return None
+            cur.execute(
+                "SELECT kind, target FROM stream_links WHERE slug = %s ORDER BY kind, position", (slug,)
+            )
+            rows = cur.fetchall()
+        return _links(rows)
+
+    def set_links(self, slug: str, links: StreamLinks) -> StreamLinks:
+        links = check_links(list(links.sites), list(links.devices))
+        with self._tx() as cur:
+            # FOR UPDATE: two PUTs at once end as one of them, never a mix.
+            cur.execute("SELECT 1 FROM streams WHERE slug = %s FOR UPDATE", (slug,))
+            if cur.fetchone() is None:
+                raise StreamNotFound(f"no stream {slug!r}")
+            cur.execute("DELETE FROM stream_links WHERE slug = %s", (slug,))
+            cur.executemany(
+                "INSERT INTO stream_links (slug, kind, target, position) VALUES (%s, %s, %s, %s)",
+                _link_rows(slug, links),
+            )
+        return links
+
+    def share_stamp(self, slug: str) -> str | None:
+        with self._tx() as cur:
+            cur.execute("SELECT created_at, share_generation FROM streams WHERE slug = %s", (slug,))
+            row = cur.fetchone()
+        return _stamp(row[0], row[1]) if row else None
+
+    def server_secret(self) -> bytes:
+        with self._tx() as cur:
+            # Two nodes starting together: one insert wins, both read the same secret.
+            cur.execute(
+                "INSERT INTO stream_server_secret (id, secret) VALUES (1, %s) ON CONFLICT (id) DO NOTHING",
+                (secrets.token_urlsafe(32),),
+            )
+            cur.execute("SELECT secret FROM stream_server_secret WHERE id = 1")
+            row = cur.fetchone()
+        assert row is not None
+        return str(row[0]).encode("ascii")
 
 
 __all__ = [

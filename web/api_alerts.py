@@ -4,18 +4,16 @@
                                                active), device, site, severity, since
                                                (ISO 8601), limit (1-1000); newest first
     GET  /api/v1/alerts/{id}                   one alert with its audit trail
-    POST /api/v1/alerts/{id}/acknowledge       admin: {"comment": "…"} (comment optional)
-    POST /api/v1/alerts/{id}/resolve           admin: {"comment": "…"} (the corrective action, required)
+    POST /api/v1/alerts/{id}/acknowledge       {"comment": "…"} (comment optional)
+    POST /api/v1/alerts/{id}/resolve           {"comment": "…"} (the corrective action, required)
     GET  /api/v1/alert-profiles                built-in and custom profiles
-    PUT  /api/v1/alert-profiles/{id}           admin: a custom profile (Profile JSON)
+    PUT  /api/v1/alert-profiles/{id}           a custom profile (Profile JSON)
     GET  /api/v1/devices                       devices with their site and profile
-    PUT  /api/v1/devices/{id}                  admin: {"site_id", "profile_id", "name"}
+    PUT  /api/v1/devices/{id}                  {"site_id", "profile_id", "name"}
 
-Reads are open, like the rest of the read API. Writes need ``Authorization: Bearer
-<ORIGINCAST_ADMIN_TOKEN>`` (web.auth) and are recorded with the actor ``admin-token``:
-the admin token is the only identity until issue 5 brings users and roles, which will
-replace that actor with the user's name and decide per role who may acknowledge,
-resolve, edit profiles or assign devices.
+Everything here is for staff, admins and logistics (web.permissions); producers and
+viewers get 403 and 401. Acknowledgements and resolutions are recorded in the audit
+trail with the acting user's name (``admin-token`` for the legacy admin token).
 
 Writes act on the alert engine, which runs in the process that ingests (``serve``
 without ``--no-ingest``); a web-only node answers them with 503. Errors are
@@ -38,12 +36,11 @@ from telemetry.alerts.rules import builtin_profiles
 from telemetry.alerts.service import AlertService
 from telemetry.storage import Store
 from telemetry.storage.alerts import ACTIVE, ALERT_STATES, AlertFilter, Device
-from web.auth import Authenticator, json_error
+from web.auth import Authenticator
+from web.errors import json_error
+from web.permissions import STAFF
 
 ALERTS = web.AppKey("alerts", AlertService)
-
-# Who acted, in the audit trail, while the admin token is the only identity.
-ADMIN_ACTOR = "admin-token"
 
 # Ids that are safe in an MQTT topic level (no '/', '+', '#') and in a URL.
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
@@ -111,6 +108,7 @@ class AlertsApi:
     # -- alerts ----------------------------------------------------------------------------
 
     async def list_alerts(self, request: web.Request) -> web.Response:
+        await self._auth.require(request, *STAFF)
         q = request.query
         state = q.get("state") or None
         if state is not None and state not in (*ALERT_STATES, ACTIVE):
@@ -154,6 +152,7 @@ class AlertsApi:
             raise json_error(web.HTTPNotFound, f"no alert {request.match_info['id']!r}") from None
 
     async def get_alert(self, request: web.Request) -> web.Response:
+        await self._auth.require(request, *STAFF)
         alert_id = self._alert_id(request)
         rec = await asyncio.to_thread(self._store().get_alert, alert_id)
         if rec is None:
@@ -167,7 +166,7 @@ class AlertsApi:
         return await self._act(request, "resolve")
 
     async def _act(self, request: web.Request, action: str) -> web.Response:
-        await self._auth.require_admin(request)
+        principal = await self._auth.require(request, *STAFF)
         alert_id = self._alert_id(request)
         data = await _body(request) if request.can_read_body else {}
         comment = data.get("comment", "")
@@ -178,7 +177,7 @@ class AlertsApi:
         service = self._engine()
         fn = service.acknowledge if action == "acknowledge" else service.resolve
         try:
-            event = await asyncio.to_thread(fn, alert_id, ADMIN_ACTOR, comment)
+            event = await asyncio.to_thread(fn, alert_id, principal.name, comment)
         except UnknownAlert as exc:
             raise json_error(web.HTTPNotFound, str(exc)) from None
         except LifecycleError as exc:
@@ -188,6 +187,7 @@ class AlertsApi:
     # -- profiles --------------------------------------------------------------------------
 
     async def list_profiles(self, request: web.Request) -> web.Response:
+        await self._auth.require(request, *STAFF)
         service = self._service()
         builtin = builtin_profiles()
         if service is not None:
@@ -204,7 +204,7 @@ class AlertsApi:
         )
 
     async def put_profile(self, request: web.Request) -> web.Response:
-        await self._auth.require_admin(request)
+        await self._auth.require(request, *STAFF)
         pid = request.match_info["id"]
         data = await _body(request)
         data.setdefault("id", pid)
@@ -224,11 +224,12 @@ class AlertsApi:
     # -- devices ---------------------------------------------------------------------------
 
     async def list_devices(self, request: web.Request) -> web.Response:
+        await self._auth.require(request, *STAFF)
         devices = await asyncio.to_thread(self._store().list_devices)
         return _json({"devices": [d.to_dict() for d in devices]})
 
     async def put_device(self, request: web.Request) -> web.Response:
-        await self._auth.require_admin(request)
+        await self._auth.require(request, *STAFF)
         device_id = request.match_info["id"]
         if not _ID.match(device_id):
             raise json_error(web.HTTPBadRequest, "device id must be 1-64 of A-Z a-z 0-9 _ . -")

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 
 from aiohttp import web
@@ -15,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from stream.hub import StreamHub
 from stream.ice import IcePolicy, install_host_address_hook
 from stream.metrics import register_stream_metrics
-from stream.registry import Stream, StreamRepository
+from stream.registry import Stream, StreamRepository, effective_links
 from stream.registry_sql import open_stream_repository
 from stream.sources.testpattern import TestPatternSource
 from stream.whep import WhepService
@@ -24,14 +25,25 @@ from telemetry.alerts.service import AlertService
 from telemetry.ingest import Ingester
 from telemetry.metrics import IngestMetrics
 from telemetry.storage import Store, open_store
+from web.accounts import AccountService, SessionPolicy, password_hasher
+from web.accounts_sql import open_account_repository
 from web.api_alerts import ALERTS, AlertsApi
+from web.api_fleet import FleetApi
+from web.api_session import SessionApi
+from web.api_shipments import ShipmentsApi
 from web.api_streams import StreamsApi
+from web.api_users import UsersApi
 from web.auth import Authenticator
 from web.config import Config
-from web.live import install_live_feed
+from web.demo import DEMO_SLUG, ensure_demo_stream
+from web.errors import refuse_control_characters
+from web.live import StreamSensors, install_live_feed
 from web.media_whep import add_whep_routes
 from web.media_whip import WhipEndpoints
+from web.openapi import build_document
 from web.pages import add_page_routes
+from web.permissions import permissions_middleware
+from web.share import ShareLinks
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +56,9 @@ STREAM_HUB = web.AppKey("stream_hub", StreamHub)
 WHEP = web.AppKey("whep", WhepService)
 STREAMS = web.AppKey("streams", StreamRepository)  # type: ignore[type-abstract]
 AUTH = web.AppKey("auth", Authenticator)
+ACCOUNTS = web.AppKey("accounts", AccountService)
 WHIP = web.AppKey("whip", WhipEndpoints)
+SHARE = web.AppKey("share", ShareLinks)
 
 RETENTION_EVERY_S = 3600.0
 
@@ -55,6 +69,16 @@ def build_app(config: Config, *, with_ingest: bool = True) -> web.Application:
     app[REGISTRY] = CollectorRegistry()
     app[STARTED_AT] = time.time()
     app.cleanup_ctx.append(_store_ctx)
+    # Users, sessions and API tokens (opened and migrated in _accounts_ctx); every route
+    # is checked against web.permissions' table before its handler runs.
+    app[ACCOUNTS] = AccountService(
+        open_account_repository(config.storage.url),
+        policy=SessionPolicy(config.auth.session_idle_s, config.auth.session_absolute_s),
+        hasher=password_hasher(
+            config.auth.argon2_time_cost, config.auth.argon2_memory_kib, config.auth.argon2_parallelism
+        ),
+    )
+    app.cleanup_ctx.append(_accounts_ctx)
     if with_ingest:
         # The one alert engine runs beside ingest (see telemetry.alerts.service); it starts
         # before the ingester feeds it and stops after.
@@ -70,17 +94,23 @@ def build_app(config: Config, *, with_ingest: bool = True) -> web.Application:
     app.cleanup_ctx.append(_stream_ctx)
     if config.demo_test_pattern:
         app.cleanup_ctx.append(_demo_pattern_ctx)
-    add_whep_routes(app, app[WHEP])
     _add_stream_registry(app, config)
+    # Unlisted streams need a share link for the player, WHEP and the live feed (web.share).
+    add_whep_routes(app, app[WHEP], app[SHARE].access)
     # The phone publish page and the public player, with their scripts and styles.
-    add_page_routes(app)
+    add_page_routes(app, app[SHARE].access, config.stream.ice_servers)
     AlertsApi(app[AUTH], lambda: app[STORE], lambda: app.get(ALERTS)).register(app.router)
+    FleetApi(app[AUTH], lambda: app[STORE], lambda: app.get(ALERTS)).register(app.router)  # the console
+    ShipmentsApi(app[AUTH], lambda: app[STORE]).register(app.router)  # shipments and their reports
     # The WebSocket live feed (readings and alert events from MQTT); after the store and
     # the registry in cleanup_ctx, so it opens after them and closes before them.
-    install_live_feed(app, config.ingest, lambda: app[STORE], _stream_site(app), app[REGISTRY])
+    install_live_feed(
+        app, config.ingest, lambda: app[STORE], _stream_sensors(app), app[REGISTRY], auth=app[AUTH]
+    )
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/api/v1/openapi.json", openapi_document)
     return app
 
 
@@ -93,6 +123,16 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     app[STORE] = store
     yield
     await asyncio.to_thread(store.close)
+
+
+async def _accounts_ctx(app: web.Application) -> AsyncIterator[None]:
+    repo = app[ACCOUNTS].repo
+    await asyncio.to_thread(repo.open)
+    applied = await asyncio.to_thread(repo.migrate)
+    if applied:
+        log.info("account migrations applied: %s", ", ".join(applied))
+    yield
+    await asyncio.to_thread(repo.close)
 
 
 async def _ingest_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -149,7 +189,12 @@ async def _stream_ctx(app: web.Application) -> AsyncIterator[None]:
 def _add_stream_registry(app: web.Application, config: Config) -> None:
     """The stream registry (opened and migrated in _registry_ctx), the JSON API and WHIP."""
     registry = app[STREAMS] = open_stream_repository(config.storage.url)
-    auth = app[AUTH] = Authenticator(config.admin_token)
+    auth = app[AUTH] = Authenticator(config.admin_token, app[ACCOUNTS], config.auth)
+    app.middlewares.append(refuse_control_characters)
+    app.middlewares.append(permissions_middleware(auth))
+    SessionApi(auth).register(app.router)
+    UsersApi(auth, app[ACCOUNTS]).register(app.router)
+    app[SHARE] = ShareLinks(registry, config.secret_key)
 
     async def lookup(slug: str) -> Stream | None:
         return await asyncio.to_thread(registry.get, slug)
@@ -166,22 +211,26 @@ def _add_stream_registry(app: web.Application, config: Config) -> None:
         app[STREAM_HUB], IcePolicy(config.stream), config.stream, auth, lookup, verify_key
     )
     whip.register(app)
-    StreamsApi(registry, app[STREAM_HUB], auth, whip.end_stream).register(app.router)
+    StreamsApi(registry, app[STREAM_HUB], auth, whip.end_stream, app[SHARE]).register(app.router)
     # After _stream_ctx: shut down first, so publishers leave before the hub closes.
     app.cleanup_ctx.append(_registry_ctx)
 
 
-def _stream_site(app: web.Application) -> Callable[[str], tuple[bool, str | None]]:
-    """slug -> (exists, site) for the live feed (called in a worker thread)."""
+def _stream_sensors(app: web.Application) -> Callable[[str, str | None], Awaitable[StreamSensors | None]]:
+    """(slug, share token) -> the stream's linked sites and devices, for the live feed;
+    None for an unknown stream and for an unlisted one without a valid share token alike."""
 
-    def lookup(slug: str) -> tuple[bool, str | None]:
-        stream = app[STREAMS].get(slug)
-        if stream is None:
-            # The demo's test pattern is not in the registry: it exists, linked to no site.
-            return slug == "demo" and app[CONFIG].demo_test_pattern, None
-        return True, stream.site
+    async def resolve(slug: str, token: str | None) -> StreamSensors | None:
+        access = await app[SHARE].access(slug, token)
+        if access.stream is None:
+            return None
+        stored = await asyncio.to_thread(app[STREAMS].get_links, slug)
+        if stored is None:  # removed meanwhile
+            return None
+        links = effective_links(access.stream, stored)
+        return StreamSensors(frozenset(links.sites), frozenset(links.devices))
 
-    return lookup
+    return resolve
 
 
 async def _registry_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -190,6 +239,9 @@ async def _registry_ctx(app: web.Application) -> AsyncIterator[None]:
     applied = await asyncio.to_thread(registry.migrate)
     if applied:
         log.info("stream registry migrations applied: %s", ", ".join(applied))
+    await app[SHARE].open()
+    if app[CONFIG].demo_test_pattern:
+        await asyncio.to_thread(ensure_demo_stream, registry)
     yield
     await app[WHIP].close()
     await asyncio.to_thread(registry.close)
@@ -197,7 +249,7 @@ async def _registry_ctx(app: web.Application) -> AsyncIterator[None]:
 
 async def _demo_pattern_ctx(app: web.Application) -> AsyncIterator[None]:
     # With the Opus beep on every second, so a player's sound can be checked too.
-    source = TestPatternSource(app[STREAM_HUB], "demo", app[CONFIG].stream, audio=True)
+    source = TestPatternSource(app[STREAM_HUB], DEMO_SLUG, app[CONFIG].stream, audio=True)
     await source.start()
     yield
     await source.stop()
@@ -225,6 +277,17 @@ async def readyz(request: web.Request) -> web.Response:
         ready = st.broker_connected and st.database_ok
     body["status"] = "ready" if ready else "not ready"
     return web.json_response(body, status=200 if ready else 503)
+
+
+async def openapi_document(request: web.Request) -> web.Response:
+    return web.json_response(build_document(_version()))
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("origincast")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -19,7 +19,9 @@ from telemetry.ingest import Ingester
 from telemetry.metrics import IngestMetrics
 from telemetry.storage import open_store
 from web.app import STORE, build_app
+from web.cli_shipments import add_shipments_parser, cmd_shipments
 from web.config import Config, ConfigError, HttpSettings, check_tls_files, load_config, parse_mqtt_url
+from web.demo import DEMO_ASSIGNMENTS, DEMO_SLUG
 
 log = logging.getLogger("origincast")
 
@@ -59,6 +61,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--interval", type=float, default=2.0)
 
     _add_streams_parser(sub)
+    _add_users_parser(sub)
+    add_shipments_parser(sub)
 
     p = sub.add_parser("devices", help="devices: assign a site and an alert profile, list")
     devices = p.add_subparsers(dest="devices_command", required=True)
@@ -94,6 +98,10 @@ def main(argv: list[str] | None = None) -> None:
             cmd_streams(config, args)
         elif args.command == "devices":
             cmd_devices(config, args)
+        elif args.command == "users":
+            asyncio.run(cmd_users(config, args))
+        elif args.command == "shipments":
+            cmd_shipments(config, args)
     except KeyboardInterrupt:
         pass
     except ConfigError as exc:
@@ -180,6 +188,85 @@ def cmd_ingest(config: Config, args: argparse.Namespace) -> None:
         log.info("ingester stopped cleanly")
 
 
+def _add_users_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("users", help="accounts: add, list, remove, passwd, token")
+    users = p.add_subparsers(dest="users_command", required=True)
+    a = users.add_parser("add", help="add a user (the password is asked for, never an argument)")
+    a.add_argument("name", help="1-64 of a-z, 0-9, '_', '.', '-'")
+    a.add_argument("--role", required=True, choices=["admin", "logistics", "producer"])
+    a.add_argument("--display-name", help="the name pages show")
+    a.add_argument(
+        "--password-stdin", action="store_true", help="read the password from standard input (scripts)"
+    )
+    users.add_parser("list", help="every user with role and state")
+    users.add_parser("remove", help="remove a user, their sessions and tokens").add_argument("name")
+    a = users.add_parser("passwd", help="set a user's password (ends their sessions)")
+    a.add_argument("name")
+    a.add_argument("--password-stdin", action="store_true")
+    a = users.add_parser("token", help="make an API token for a user; prints it once")
+    a.add_argument("name")
+    a.add_argument("--label", help="what the token is for (shown in listings)")
+
+
+def _read_password(from_stdin: bool) -> str:
+    import getpass
+
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    first = getpass.getpass("password: ")
+    if getpass.getpass("again: ") != first:
+        raise SystemExit("origincast: the two passwords differ; nothing changed")
+    return first
+
+
+async def cmd_users(config: Config, args: argparse.Namespace) -> None:
+    """Writes straight to the database: this is how the first admin is made, before any
+    login exists (the running server sees changes at its next request)."""
+    from web.accounts import AccountError, AccountService, password_hasher
+    from web.accounts_sql import open_account_repository
+
+    repo = open_account_repository(config.storage.url)
+    await asyncio.to_thread(repo.open)
+    a = config.auth
+    accounts = AccountService(
+        repo, hasher=password_hasher(a.argon2_time_cost, a.argon2_memory_kib, a.argon2_parallelism)
+    )
+    try:
+        await asyncio.to_thread(repo.migrate)
+        cmd = args.users_command
+        if cmd == "add":
+            user = await accounts.create_user(
+                args.name, args.role, _read_password(args.password_stdin), args.display_name
+            )
+            print(f"added {user.name} ({user.role})")
+        elif cmd == "list":
+            rows = await accounts.list_users()
+            if not rows:
+                print("no users; add one with `origincast users add NAME --role admin`")
+            for u in rows:
+                state = "disabled" if u.disabled else "enabled"
+                print(f"{u.name:<24} {u.role:<10} {state:<9} {u.display_name or ''}")
+        elif cmd == "remove":
+            if not await accounts.delete_user(args.name):
+                raise SystemExit(f"origincast: no user {args.name!r}")
+            print(f"removed {args.name}")
+        elif cmd == "passwd":
+            if await accounts.get_user(args.name) is None:
+                raise SystemExit(f"origincast: no user {args.name!r}")
+            await accounts.set_password(args.name, _read_password(args.password_stdin))
+            print(f"password of {args.name} changed; their sessions ended")
+        elif cmd == "token":
+            if await accounts.get_user(args.name) is None:
+                raise SystemExit(f"origincast: no user {args.name!r}")
+            token, record = await accounts.create_token(args.name, args.label)
+            print(f"API token {record.id} for {args.name}: {token}")
+            print("(shown once: only its hash is stored; send it as Authorization: Bearer <token>)")
+    except AccountError as exc:
+        raise SystemExit(f"origincast: {exc}") from None
+    finally:
+        await asyncio.to_thread(repo.close)
+
+
 def _add_streams_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("streams", help="manage live streams: add, list, show, rotate-key, remove")
     streams = p.add_subparsers(dest="streams_command", required=True)
@@ -191,6 +278,13 @@ def _add_streams_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
     a.add_argument("--rtsp-url", help="the camera's rtsp:// URL (kind rtsp); stored, never shown again")
     a.add_argument("--unlisted", action="store_true", help="reachable by its URL, not in the public list")
     streams.add_parser("list", help="every stream, public and unlisted")
+    a = streams.add_parser(
+        "link", help="choose the sensors a stream's page shows (replaces its links; none given: show them)"
+    )
+    a.add_argument("slug")
+    a.add_argument("--site", action="append", default=[], help="every device of this site (repeatable)")
+    a.add_argument("--device", action="append", default=[], help="this device (repeatable)")
+    a.add_argument("--default", action="store_true", help="drop the links: show the stream's own site")
     for name, text in [
         ("show", "one stream's settings"),
         ("rotate-key", "replace the publish key; prints the new one once"),
@@ -200,7 +294,7 @@ def _add_streams_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def cmd_streams(config: Config, args: argparse.Namespace) -> None:
-    from stream.registry import RegistryError, Stream, StreamSpec
+    from stream.registry import RegistryError, Stream, StreamLinks, StreamSpec, effective_links
     from stream.registry_sql import open_stream_repository
 
     def describe(s: Stream) -> str:
@@ -247,10 +341,21 @@ def cmd_streams(config: Config, args: argparse.Namespace) -> None:
             if found is None:
                 raise SystemExit(f"origincast: no stream {args.slug!r}")
             print(describe(found))
+        elif cmd == "link":
+            stream_ = repo.get(args.slug)
+            if stream_ is None:
+                raise SystemExit(f"origincast: no stream {args.slug!r}")
+            if args.site or args.device or args.default:
+                repo.set_links(args.slug, StreamLinks(tuple(args.site), tuple(args.device)))
+            stored = repo.get_links(args.slug) or StreamLinks()
+            shown = effective_links(stream_, stored)
+            sites, devices = ", ".join(shown.sites) or "-", ", ".join(shown.devices) or "-"
+            note = "  (default: the stream's own site)" if stored.empty else ""
+            print(f"{args.slug}: sites {sites} · devices {devices}{note}")
         elif cmd == "rotate-key":
             key = repo.rotate_key(args.slug)
             print(f"new publish key for {args.slug}: {key}")
-            print("(the old key no longer works for new sessions; shown once)")
+            print("(shown once; the old key no longer works for new sessions, nor do the share links)")
         elif cmd == "remove":
             if not repo.delete(args.slug):
                 raise SystemExit(f"origincast: no stream {args.slug!r}")
@@ -309,16 +414,6 @@ def cmd_simulate(config: Config, interval: float) -> None:
         fleet.stop()
 
 
-# The demo fleet's sites and profiles: truck-7's one-minute door openings stay within the
-# reefer profile's 5-minute delay; truck-9's failed compressor does not (an alert about
-# seven minutes in, so a newcomer sees both soon).
-DEMO_ASSIGNMENTS = (
-    ("coldroom-1", "warehouse", "chilled", "Cold room 1"),
-    ("freezer-1", "warehouse", "frozen", "Freezer 1"),
-    ("pharma-fridge-1", "pharmacy", "pharma", "Pharma fridge 1"),
-    ("truck-7", "fleet", "reefer-demo", "Truck 7"),
-    ("truck-9", "fleet", "reefer-demo", "Truck 9"),
-)
 
 
 def demo_reefer_profile() -> Profile:
@@ -391,7 +486,11 @@ async def run_demo(config: Config, port: int, interval: float, duration: float) 
         flush=True,
     )
     # Its own line: the address a newcomer copies into a browser.
-    print(f"watch the live test pattern: http://{config.http.host}:{port}/watch/demo", flush=True)
+    print(
+        f"watch the live test pattern with the fleet's readings: http://{config.http.host}:{port}"
+        f"/watch/{DEMO_SLUG}",
+        flush=True,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -36,6 +36,27 @@ class HttpSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class AuthSettings:
+    """Logins and sessions (web.auth, web.accounts)."""
+
+    # Mark the session cookie Secure even on plain HTTP: for a TLS proxy in front, which
+    # we cannot tell from the request (X-Forwarded-Proto is not trusted).
+    cookie_secure: bool = False
+    session_idle_s: float = 12 * 3600.0
+    session_absolute_s: float = 7 * 24 * 3600.0
+    # The growing delay after a failed login or token: base, doubled per failure, capped.
+    failure_base_delay_s: float = 0.1
+    failure_max_delay_s: float = 5.0
+    # After this many failures in a row from one address it is refused (429) for a minute.
+    lockout_after: int = 20
+    # argon2id cost (RFC 9106's second profile by default). Raising them takes effect for
+    # each user at their next login, when the password is rehashed.
+    argon2_time_cost: int = 3
+    argon2_memory_kib: int = 64 * 1024
+    argon2_parallelism: int = 4
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     http: HttpSettings = field(default_factory=HttpSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
@@ -48,6 +69,10 @@ class Config:
     # Bearer token for the admin API's writes (streams); None: writes are disabled.
     admin_token: str | None = field(default=None, repr=False)
     alerts: AlertServiceSettings = field(default_factory=AlertServiceSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    # Signs share links of unlisted streams (web.share); None: a key generated once and
+    # kept in the stream registry's database.
+    secret_key: str | None = field(default=None, repr=False)
 
 
 # (section, key) -> (type, default). Env name: ORIGINCAST_<SECTION>_<KEY>, except the two
@@ -85,6 +110,16 @@ _SCHEMA: dict[tuple[str, str], tuple[type, object]] = {
     ("stream", "demo_test_pattern"): (bool, False),
     ("stream", "fast_sender"): (bool, True),
     ("admin", "token"): (str, ""),
+    ("auth", "cookie_secure"): (bool, False),
+    ("auth", "session_idle_hours"): (float, 12.0),
+    ("auth", "session_absolute_hours"): (float, 168.0),
+    ("auth", "failure_base_delay_s"): (float, 0.1),
+    ("auth", "failure_max_delay_s"): (float, 5.0),
+    ("auth", "lockout_after"): (int, 20),
+    ("auth", "argon2_time_cost"): (int, 3),
+    ("auth", "argon2_memory_kib"): (int, 64 * 1024),
+    ("auth", "argon2_parallelism"): (int, 4),
+    ("http", "secret_key"): (str, ""),
     # Comma-separated http(s) URLs that receive every alert event, signed with the secret.
     ("alerts", "webhooks"): (tuple, ()),
     ("alerts", "webhook_secret"): (str, ""),
@@ -93,6 +128,7 @@ _SHORT_ENV = {
     ("database", "url"): "ORIGINCAST_DATABASE_URL",
     ("mqtt", "url"): "ORIGINCAST_MQTT_URL",
     ("admin", "token"): "ORIGINCAST_ADMIN_TOKEN",
+    ("http", "secret_key"): "ORIGINCAST_SECRET_KEY",
 }
 
 
@@ -270,8 +306,10 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
         ingest=ingest,
         mqtt_url=mqtt_url,
         admin_token=_admin_token(str(v[("admin", "token")])),
+        auth=_auth_settings(v),
         stream=_stream_settings(v),
         demo_test_pattern=bool(v[("stream", "demo_test_pattern")]),
+        secret_key=_secret_key(str(v[("http", "secret_key")])),
     )
 
 
@@ -295,6 +333,56 @@ def _admin_token(token: str) -> str | None:
     if len(token) < 16:
         raise ConfigError("ORIGINCAST_ADMIN_TOKEN: must be at least 16 characters (it guards every write)")
     return token
+
+
+def _secret_key(key: str) -> str | None:
+    if not key:
+        return None
+    # Share links are as strong as this key: 32 characters of a random token at least.
+    if len(key) < 32:
+        raise ConfigError("ORIGINCAST_SECRET_KEY: must be at least 32 characters (it signs share links)")
+    return key
+
+
+def _auth_settings(v: Mapping[tuple[str, str], object]) -> AuthSettings:
+    def get(key: str) -> float:
+        return float(v[("auth", key)])  # type: ignore[arg-type]
+
+    for key in ("session_idle_hours", "session_absolute_hours", "failure_max_delay_s"):
+        if get(key) <= 0:
+            raise ConfigError(f"{_env_name('auth', key)}: must be greater than 0, got {get(key)!r}")
+    if not 0 <= get("failure_base_delay_s") <= get("failure_max_delay_s"):
+        raise ConfigError(
+            f"{_env_name('auth', 'failure_base_delay_s')}: must be 0..failure_max_delay_s,"
+            f" got {get('failure_base_delay_s')!r}"
+        )
+    t, m, p = (
+        int(v[("auth", k)])  # type: ignore[call-overload]
+        for k in ("argon2_time_cost", "argon2_memory_kib", "argon2_parallelism")
+    )
+    if t < 1 or p < 1 or m < 8 * p:
+        raise ConfigError(
+            "ORIGINCAST_AUTH_ARGON2_*: time cost and parallelism at least 1, memory at least 8 KiB per lane,"
+            f" got t={t}, m={m}, p={p}"
+        )
+    return AuthSettings(
+        argon2_time_cost=t,
+        argon2_memory_kib=m,
+        argon2_parallelism=p,
+        cookie_secure=bool(v[("auth", "cookie_secure")]),
+        session_idle_s=get("session_idle_hours") * 3600.0,
+        session_absolute_s=get("session_absolute_hours") * 3600.0,
+        failure_base_delay_s=get("failure_base_delay_s"),
+        failure_max_delay_s=get("failure_max_delay_s"),
+        lockout_after=_lockout_after(v),
+    )
+
+
+def _lockout_after(v: Mapping[tuple[str, str], object]) -> int:
+    n = int(v[("auth", "lockout_after")])  # type: ignore[call-overload]
+    if n < 1:
+        raise ConfigError(f"{_env_name('auth', 'lockout_after')}: must be at least 1, got {n}")
+    return n
 
 
 def _stream_settings(v: Mapping[tuple[str, str], object]) -> StreamSettings:

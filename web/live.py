@@ -1,10 +1,16 @@
 """The live feed: ``GET /api/v1/live`` (WebSocket), readings and alert events from MQTT.
 
 Selection (exactly one kind per connection):
-- ``?stream=<slug>``: the stream's linked sensors, i.e. the devices whose ``site_id``
-  equals the stream's site (the devices table, cached and refreshed every ``refresh_s``);
-- ``?site=<site_id>``: the devices of a site;
-- ``?device=<id>&device=<id>…``: chosen devices.
+- ``?stream=<slug>``: the stream's linked sensors: the devices of its linked sites (by
+  ``site_id`` in the devices table, cached and refreshed every ``refresh_s``) and its
+  linked devices; a stream with no links shows its own site (stream.registry.
+  effective_links). An unlisted stream needs its share token, ``&share=<token>``;
+  without a valid one it is answered like an unknown stream (404). The links are read
+  when a client connects: a page sees changed links when it reconnects;
+- ``?site=<site_id>``: the devices of a site (this and the kinds below are staff views:
+  ``LiveFeed._authorize_selection``);
+- ``?device=<id>&device=<id>…``: chosen devices;
+- ``?all=1``: every device, also those not assigned yet (the logistics console's fleet).
 
 Source: ONE plain MQTT subscription per server (paho, its own client id, QoS 0: a live
 view wants the newest value, not every one) to ``<prefix>/+/telemetry`` and
@@ -48,7 +54,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -66,6 +72,7 @@ from telemetry.readings import Reading
 from telemetry.settings import IngestSettings
 from telemetry.storage import StorageUnavailable, Store
 from telemetry.storage.alerts import ACTIVE, AlertFilter, Device
+from web.auth import Authenticator, json_error
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +97,23 @@ class LiveSettings:
 
 @dataclass(frozen=True, slots=True)
 class Selection:
-    kind: str  # "stream", "site" or "devices"
-    site: str | None = None  # stream and site: the site whose devices are selected
-    devices: frozenset[str] = frozenset()
+    kind: str  # "stream", "site", "devices" or "all"
+    site: str | None = None  # kind "site": the site asked for
+    devices: frozenset[str] = frozenset()  # devices selected by id (kinds "devices", "stream")
     stream: str | None = None
+    sites: frozenset[str] = frozenset()  # every device of these sites (kinds "site", "stream")
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSensors:
+    """What a stream's page shows: the devices of ``sites`` and ``devices``."""
+
+    sites: frozenset[str]
+    devices: frozenset[str]
+
+
+# (slug, share token) -> the stream's sensors; None: unknown, or unlisted without a valid token.
+StreamResolver = Callable[[str, str | None], Awaitable[StreamSensors | None]]
 
 
 class _Client:
@@ -141,13 +161,15 @@ class LiveFeed:
         self,
         ingest: IngestSettings,
         store: Callable[[], Store],
-        stream_site: Callable[[str], tuple[bool, str | None]],
+        resolve_stream: StreamResolver,
         metrics: LiveMetrics,
         settings: LiveSettings | None = None,
+        auth: Authenticator | None = None,
     ) -> None:
         self._ingest = ingest
         self._store = store
-        self._stream_site = stream_site  # slug -> (exists, site); called in a thread
+        self._resolve_stream = resolve_stream
+        self._auth = auth  # None: staff selections refused (nobody can prove to be staff)
         self.metrics = metrics
         self.settings = settings or LiveSettings()
         self.server_id = uuid.uuid4().hex[:12]
@@ -156,6 +178,7 @@ class LiveFeed:
         self._clients: set[_Client] = set()
         self._by_site: dict[str, set[_Client]] = {}
         self._by_device: dict[str, set[_Client]] = {}
+        self._every: set[_Client] = set()  # selection "all"
         self._devices: dict[str, Device] = {}
         self._devices_at = 0.0
         self._trend: dict[str, deque[tuple[datetime, float]]] = {}
@@ -228,7 +251,10 @@ class LiveFeed:
     def selected_devices(self, sel: Selection) -> list[str]:
         if sel.kind == "devices":
             return sorted(sel.devices)
-        return sorted(d.device_id for d in self._devices.values() if sel.site and d.site_id == sel.site)
+        if sel.kind == "all":
+            return sorted(self._devices)
+        by_site = {d.device_id for d in self._devices.values() if d.site_id in sel.sites}
+        return sorted(by_site | sel.devices)
 
     # -- MQTT (paho's thread) → the event loop ------------------------------------------------
 
@@ -371,9 +397,10 @@ class LiveFeed:
     def _targets(self, device_id: str, site: str | None) -> set[_Client]:
         by_dev = self._by_device.get(device_id)
         by_site = self._by_site.get(site) if site is not None else None
-        if by_dev and by_site:
-            return by_dev | by_site
-        return set(by_dev or by_site or ())
+        targets = by_dev | by_site if by_dev and by_site else set(by_dev or by_site or ())
+        if self._every:  # the fleet's consoles see every device
+            targets |= self._every
+        return targets
 
     def _enqueue(self, c: _Client, device_id: str | None, text: str) -> None:
         if c.closing:
@@ -433,21 +460,20 @@ class LiveFeed:
     def _register(self, c: _Client) -> None:
         self._clients.add(c)
         sel = c.selection
-        if sel.kind == "devices":
-            for d in sel.devices:
-                self._by_device.setdefault(d, set()).add(c)
-        elif sel.site is not None:
-            self._by_site.setdefault(sel.site, set()).add(c)
+        if sel.kind == "all":
+            self._every.add(c)
+        for d in sel.devices:
+            self._by_device.setdefault(d, set()).add(c)
+        for site in sel.sites:
+            self._by_site.setdefault(site, set()).add(c)
         self.metrics.clients.set(len(self._clients))
 
     def _unregister(self, c: _Client) -> None:
         self._clients.discard(c)
+        self._every.discard(c)
         sel = c.selection
-        keys: list[tuple[dict[str, set[_Client]], str]] = []
-        if sel.kind == "devices":
-            keys = [(self._by_device, d) for d in sel.devices]
-        elif sel.site is not None:
-            keys = [(self._by_site, sel.site)]
+        keys: list[tuple[dict[str, set[_Client]], str]] = [(self._by_device, d) for d in sel.devices]
+        keys += [(self._by_site, site) for site in sel.sites]
         for index, key in keys:
             group = index.get(key)
             if group is not None:
@@ -465,20 +491,24 @@ class LiveFeed:
 
     async def _selection(self, request: web.Request) -> Selection:
         q = request.query
-        given = [k for k in ("stream", "site", "device") if k in q]
+        given = [k for k in ("stream", "site", "device", "all") if k in q]
         if len(given) != 1:
-            raise _bad("give exactly one of stream=<slug>, site=<id> or device=<id> (repeatable)")
+            raise _bad("give exactly one of stream=<slug>, site=<id>, device=<id> (repeatable) or all=1")
+        if "all" in q:
+            if q["all"] not in ("1", "true"):
+                raise _bad("all must be 1")
+            return Selection("all")
         if "stream" in q:
             slug = q["stream"]
-            exists, site = await asyncio.to_thread(self._stream_site, slug)
-            if not exists:
+            sensors = await self._resolve_stream(slug, q.get("share"))
+            if sensors is None:
                 raise _bad(f"no stream named {slug!r}", web.HTTPNotFound)
-            return Selection("stream", site=site, stream=slug)
+            return Selection("stream", stream=slug, sites=sensors.sites, devices=sensors.devices)
         if "site" in q:
             site = q["site"].strip()
             if not site or len(site) > 200:
                 raise _bad("site must be 1..200 characters")
-            return Selection("site", site=site)
+            return Selection("site", site=site, sites=frozenset((site,)))
         devices = frozenset(d.strip() for d in q.getall("device") if d.strip())
         if not devices or len(devices) > MAX_DEVICES_PER_CLIENT or any(len(d) > 64 for d in devices):
             raise _bad(f"device: 1..{MAX_DEVICES_PER_CLIENT} device ids of at most 64 characters")
@@ -492,14 +522,15 @@ class LiveFeed:
         store = self._store()
 
         def read() -> tuple[list[Reading], list[dict[str, Any]]]:
-            if not device_ids:
+            every = sel.kind == "all"
+            if not device_ids and not every:
                 return [], []
-            latest = store.latest(device_ids)
+            latest = store.latest(None if every else device_ids)
             wanted = set(device_ids)
             alerts = [
                 a.to_dict()
                 for a in store.list_alerts(AlertFilter(state=ACTIVE, limit=1000))
-                if a.device_id in wanted or (sel.site is not None and a.site_id == sel.site)
+                if every or a.device_id in wanted or a.site_id in sel.sites
             ]
             return latest, alerts
 
@@ -519,7 +550,13 @@ class LiveFeed:
             "type": "snapshot",
             "server": self.server_id,
             "seq": seq,
-            "selection": {"kind": sel.kind, "stream": sel.stream, "site": sel.site},
+            "selection": {
+                "kind": sel.kind,
+                "stream": sel.stream,
+                "site": sel.site,
+                "sites": sorted(sel.sites),
+                "devices": sorted(sel.devices),
+            },
             "devices": devices,
             "readings": readings,
             "alerts": alerts,
@@ -533,9 +570,20 @@ class LiveFeed:
                 ref = (ts, temp)
         return ref
 
+    async def _authorize_selection(self, request: web.Request, selection: Selection) -> None:
+        """Who may open which selection. A stream's sensors are for its viewers (the share
+        token of an unlisted stream was checked when the stream was resolved); sites,
+        devices and the whole fleet are staff views (admin and logistics; web.permissions)."""
+        if selection.kind == "stream":
+            return
+        if self._auth is None:
+            raise json_error(web.HTTPForbidden, "site, device and fleet selections are for staff only")
+        await self._auth.require(request, "admin", "logistics")
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """``GET /api/v1/live``: see the module doc."""
         sel = await self._selection(request)
+        await self._authorize_selection(request, sel)
         if len(self._clients) >= self.settings.max_clients:
             raise _bad("too many live-feed clients here; try again later", web.HTTPServiceUnavailable)
         ws = web.WebSocketResponse(heartbeat=self.settings.heartbeat_s, max_msg_size=4096)
@@ -608,13 +656,15 @@ def install_live_feed(
     app: web.Application,
     ingest: IngestSettings,
     store: Callable[[], Store],
-    stream_site: Callable[[str], tuple[bool, str | None]],
+    resolve_stream: StreamResolver,
     registry: CollectorRegistry,
     settings: LiveSettings | None = None,
+    *,
+    auth: Authenticator | None = None,
 ) -> LiveFeed:
     """Route, start/stop in cleanup_ctx (after the store and the registry are open), and
     close the sockets on shutdown (an open WebSocket would otherwise hold it up)."""
-    feed = app[LIVE] = LiveFeed(ingest, store, stream_site, LiveMetrics(registry), settings)
+    feed = app[LIVE] = LiveFeed(ingest, store, resolve_stream, LiveMetrics(registry), settings, auth)
     app.router.add_get("/api/v1/live", feed.handle)
 
     async def ctx(_app: web.Application) -> AsyncIterator[None]:

@@ -7,11 +7,17 @@
     PATCH   /whip/<slug>/<session>     405: the answer carries every candidate, no trickle
 
 Every refusal is JSON ``{"error": "message"}`` with its status, checked in this order
-(cheapest and least revealing first): 404 unknown stream, 409 a stream that does not
-take WHIP (kind rtsp or testpattern), 401 missing or wrong key (web.auth: constant
-time, growing delay, 429 lockout), 415 not ``application/sdp``, 400 not SDP, 422 SDP
-without H.264 or VP8 video the publisher sends, 409 a stream that already has a
-publisher.
+(least revealing first): 401 missing key, or a key that is not this stream's, where an
+unknown stream is refused with the same words and the same growing delay as a wrong
+key (an unlisted stream's name must not be confirmable by probing; web.auth: constant
+time, growing delay, 429 lockout), 409 a stream that does not take WHIP (kind rtsp or
+testpattern), 415 not ``application/sdp``, 400 not SDP, 422 SDP without H.264 or VP8
+video the publisher sends, 409 a stream that already has a publisher.
+
+OPTIONS with the stream's key (RFC 9725 4.6: ICE servers "to authenticated clients")
+answers the STUN/TURN servers as Link headers, so the publish page can build its peer
+connection with them before it makes the offer; a CORS preflight carries no key and
+gets none (TURN credentials are for publishers only).
 
 DELETE needs the session URL (random, 128 bits) and the publish key the session was
 opened with (a Location leaked from a log must not let anyone cut a stream); it ends
@@ -120,23 +126,31 @@ class WhipEndpoints:
         return {"Link": ", ".join(links)} if links else {}
 
     async def preflight(self, request: web.Request) -> web.Response:
-        # No Link header here: RFC 9725 lets a server send ICE servers on OPTIONS, but a
-        # CORS preflight carries no key, and TURN credentials are for publishers only.
-        return web.Response(status=204, headers={"Accept-Post": SDP})
+        # A browser's CORS preflight never carries Authorization: no Link for it. A client
+        # that sends the stream's key gets the ICE servers (see the module doc).
+        if "session" in request.match_info or bearer_token(request) is None:
+            return web.Response(status=204, headers={"Accept-Post": SDP})
+        slug = request.match_info["slug"]
+        await self._auth.require_publish_key(request, lambda key: self._key_matches(slug, key))
+        return web.Response(status=204, headers={"Accept-Post": SDP, **self._links()})
+
+    async def _key_matches(self, slug: str, key: str) -> bool:
+        # An unknown or impossible slug is "not this key" (the registry finds no row).
+        return SLUG_RE.fullmatch(slug) is not None and await self._verify_key(slug, key)
 
     async def offer(self, request: web.Request) -> web.Response:
         slug = request.match_info["slug"]
-        stream = await self._lookup(slug) if SLUG_RE.fullmatch(slug) else None
-        if stream is None:
-            raise json_error(web.HTTPNotFound, f"no stream named {slug!r}")
+        await self._auth.require_publish_key(request, lambda key: self._key_matches(slug, key))
+        key = bearer_token(request)
+        assert key is not None
+        stream = await self._lookup(slug)
+        if stream is None:  # removed since the key was checked
+            raise json_error(web.HTTPUnauthorized, "wrong publish key for this stream, or no such stream")
         if stream.kind != "whip":
             raise json_error(
                 web.HTTPConflict,
                 f"stream {slug!r} takes its video from its {stream.kind} source, not from WHIP publishers",
             )
-        await self._auth.require_publish_key(request, lambda key: self._verify_key(slug, key))
-        key = bearer_token(request)
-        assert key is not None
         if request.content_type != SDP:
             raise json_error(
                 web.HTTPUnsupportedMediaType,

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from web.permissions import DEFAULT_ROLES, rule_for
+
 JSON = "application/json"
 Schema = dict[str, Any]
 
@@ -85,26 +87,17 @@ def _query(name: str, schema: Schema, description: str) -> dict[str, Any]:
     return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
 
 
-# Who may call an operation: the roles, or "public". Written into each operation as
-# ``x-roles`` (the authorization walk test reads it) and as its security requirement.
-PUBLIC: tuple[str, ...] = ()
-STAFF = ("admin", "logistics")
-ANY_USER = ("admin", "logistics", "producer")
-ADMIN = ("admin",)
-
-
 def _op(
     summary: str,
     *,
     tag: str,
-    roles: tuple[str, ...],
     responses: dict[str, Any],
     params: list[dict[str, Any]] | None = None,
     body: Schema | None = None,
     body_required: bool = True,
     description: str | None = None,
 ) -> dict[str, Any]:
-    op: dict[str, Any] = {"summary": summary, "tags": [tag], "x-roles": list(roles) or ["public"]}
+    op: dict[str, Any] = {"summary": summary, "tags": [tag]}
     if description:
         op["description"] = description
     if params:
@@ -112,14 +105,9 @@ def _op(
     if body is not None:
         op["requestBody"] = {"required": body_required, "content": {JSON: {"schema": body}}}
     resp = dict(responses)
-    if roles:
-        op["security"] = [{"bearer": []}, {"session": []}]
-        resp.setdefault("401", _error("no valid credentials"))
-        resp.setdefault("403", _error("the credentials' role may not do this (or a CSRF token is missing)"))
-    else:
-        op["security"] = [{}]
     if body is not None:
         resp.setdefault("400", _error("the body is not valid JSON, or a field is wrong"))
+        resp.setdefault("415", _error("the body is not application/json"))
     op["responses"] = resp
     return op
 
@@ -198,6 +186,24 @@ SCHEMAS: dict[str, Schema] = {
     ),
 }
 
+SCHEMAS.update(
+    {
+        "User": _obj(
+            {"name": STR, "role": {"type": "string", "enum": ["admin", "logistics", "producer"]}},
+            {"display_name": _nullable(STR), "created_at": TIME, "disabled": BOOL},
+        ),
+        "Session": _obj(
+            {"user": STR, "role": STR, "via": STR},
+            {"display_name": _nullable(STR), "csrf_token": _nullable(STR), "expires_at": _nullable(TIME)},
+        ),
+        "Token": _obj(
+            {"id": {"anyOf": [INT, STR]}, "created_at": TIME},
+            {"name": _nullable(STR), "owner": _nullable(STR), "last_used_at": _nullable(TIME)},
+        ),
+        "Links": _obj({"sites": {"type": "array", "items": STR}, "devices": {"type": "array", "items": STR}}),
+    }
+)
+
 SECURITY_SCHEMES = {
     "bearer": {
         "type": "http",
@@ -235,13 +241,11 @@ def _stream_paths() -> dict[str, Any]:
             "get": _op(
                 "List streams: public ones, and those the caller may manage",
                 tag="streams",
-                roles=PUBLIC,
                 responses=_ok("the streams", _list_of("streams", _ref("Stream"))),
             ),
             "post": _op(
                 "Create a stream; the answer carries its publish key, once",
                 tag="streams",
-                roles=("admin", "producer"),
                 body=_strict(
                     {"slug": SLUG, "title": stream_fields["title"]},
                     {k: v for k, v in stream_fields.items() if k != "title"},
@@ -259,13 +263,11 @@ def _stream_paths() -> dict[str, Any]:
             "get": _op(
                 "One stream with its live state",
                 tag="streams",
-                roles=PUBLIC,
                 responses={**_ok("the stream", _ref("Stream")), "404": not_found},
             ),
             "patch": _op(
                 "Change a stream's title, site, kind, camera URL or visibility",
                 tag="streams",
-                roles=("admin", "producer"),
                 body=_strict({}, stream_fields),
                 responses={
                     **_ok("the changed stream", _ref("Stream")),
@@ -277,7 +279,6 @@ def _stream_paths() -> dict[str, Any]:
             "delete": _op(
                 "Remove a stream; its publisher and viewers are cut off",
                 tag="streams",
-                roles=("admin", "producer"),
                 responses={"204": {"description": "removed"}, "404": not_found},
             ),
         },
@@ -286,7 +287,6 @@ def _stream_paths() -> dict[str, Any]:
             "post": _op(
                 "A new publish key; a publisher using the old one is cut off",
                 tag="streams",
-                roles=("admin", "producer"),
                 responses={
                     **_ok("the new key, shown once", _obj({"slug": SLUG, "publish_key": STR})),
                     "404": not_found,
@@ -302,7 +302,6 @@ def _alert_paths() -> dict[str, Any]:
             "get": _op(
                 "List alerts, newest first",
                 tag="alerts",
-                roles=STAFF,
                 params=[
                     _query(
                         "state",
@@ -326,7 +325,6 @@ def _alert_paths() -> dict[str, Any]:
             "get": _op(
                 "One alert with its audit trail",
                 tag="alerts",
-                roles=STAFF,
                 responses={**_ok("the alert", _ref("Alert")), "404": _error("no such alert")},
             ),
         },
@@ -335,7 +333,6 @@ def _alert_paths() -> dict[str, Any]:
             "post": _op(
                 "Acknowledge an alert, with an optional comment",
                 tag="alerts",
-                roles=STAFF,
                 body=_comment,
                 body_required=False,
                 responses={
@@ -351,7 +348,6 @@ def _alert_paths() -> dict[str, Any]:
             "post": _op(
                 "Resolve an alert by hand, saying what was done (the corrective action)",
                 tag="alerts",
-                roles=STAFF,
                 body=_strict({"comment": {"type": "string", "minLength": 1, "maxLength": 4000}}),
                 responses={
                     **_ok("the alert event", {"type": "object"}),
@@ -365,7 +361,6 @@ def _alert_paths() -> dict[str, Any]:
             "get": _op(
                 "Built-in and custom alert profiles with their rules",
                 tag="alerts",
-                roles=STAFF,
                 responses=_ok("the profiles", _list_of("profiles", _ref("Profile"))),
             ),
         },
@@ -374,7 +369,6 @@ def _alert_paths() -> dict[str, Any]:
             "put": _op(
                 "Create or replace a custom profile",
                 tag="alerts",
-                roles=STAFF,
                 body={"type": "object", "description": "a Profile: id, name, rules (see README)"},
                 responses={
                     **_ok("the profile", _ref("Profile")),
@@ -386,7 +380,6 @@ def _alert_paths() -> dict[str, Any]:
             "get": _op(
                 "Devices with their site, profile and name",
                 tag="devices",
-                roles=STAFF,
                 responses=_ok("the devices", _list_of("devices", _ref("Device"))),
             ),
         },
@@ -395,7 +388,6 @@ def _alert_paths() -> dict[str, Any]:
             "put": _op(
                 "Assign a device's site, profile and name",
                 tag="devices",
-                roles=STAFF,
                 body=_strict(
                     {},
                     {
@@ -413,13 +405,206 @@ def _alert_paths() -> dict[str, Any]:
     }
 
 
+def _account_paths() -> dict[str, Any]:
+    name = _path_param("name", STR, "the user's name")
+    role = {"type": "string", "enum": ["admin", "logistics", "producer"]}
+    password = {"type": "string", "minLength": 12, "maxLength": 1024}
+    return {
+        "/api/v1/session": {
+            "post": _op(
+                "Log in: sets the session cookie; the answer carries the CSRF token",
+                tag="accounts",
+                body=_strict(
+                    {
+                        "name": {"type": "string", "minLength": 1, "maxLength": 200},
+                        "password": {"type": "string", "minLength": 1, "maxLength": 1024},
+                    }
+                ),
+                responses={
+                    **_ok("logged in", _ref("Session")),
+                    "401": _error("wrong name or password"),
+                    "403": _error("not sent from this site's own page"),
+                    "429": _error("too many failed logins; wait"),
+                },
+            ),
+            "get": _op(
+                "Who is logged in, and the session's CSRF token",
+                tag="accounts",
+                responses=_ok("the caller", _ref("Session")),
+            ),
+            "delete": _op(
+                "Log out",
+                tag="accounts",
+                responses={
+                    "204": {"description": "logged out"},
+                    "200": {"description": "logged out"},
+                    "403": _error("a CSRF token is missing"),
+                },
+            ),
+        },
+        "/api/v1/users": {
+            "get": _op(
+                "Every user", tag="accounts", responses=_ok("the users", _list_of("users", _ref("User")))
+            ),
+            "post": _op(
+                "Add a user",
+                tag="accounts",
+                body=_strict(
+                    {
+                        "name": {"type": "string", "minLength": 1, "maxLength": 64},
+                        "role": role,
+                        "password": password,
+                    },
+                    {"display_name": _nullable({"type": "string", "maxLength": 200})},
+                ),
+                responses={
+                    **_ok("created", _ref("User"), "201"),
+                    "409": _error("the name is taken"),
+                    "422": _error("a field's value is not allowed"),
+                },
+            ),
+        },
+        "/api/v1/users/{name}": {
+            "parameters": [name],
+            "patch": _op(
+                "Change a user (an admin: anyone; others: their own display name and password)",
+                tag="accounts",
+                body=_strict(
+                    {},
+                    {
+                        "display_name": _nullable({"type": "string", "maxLength": 200}),
+                        "role": role,
+                        "disabled": BOOL,
+                        "password": password,
+                        "old_password": STR,
+                    },
+                ),
+                responses={
+                    **_ok("the user", _ref("User")),
+                    "404": _error("no such user"),
+                    "409": _error("it would leave no enabled admin"),
+                    "422": _error("a field's value is not allowed"),
+                },
+            ),
+            "delete": _op(
+                "Remove a user; their sessions and tokens end",
+                tag="accounts",
+                responses={
+                    "204": {"description": "removed"},
+                    "404": _error("no such user"),
+                    "409": _error("the last enabled admin"),
+                },
+            ),
+        },
+        "/api/v1/tokens": {
+            "get": _op(
+                "API tokens (never their secrets)",
+                tag="accounts",
+                responses=_ok("the tokens", _list_of("tokens", _ref("Token"))),
+            ),
+            "post": _op(
+                "Make an API token; the answer carries it, once",
+                tag="accounts",
+                body=_strict({}, {"name": _nullable({"type": "string", "maxLength": 200}), "owner": STR}),
+                body_required=False,
+                responses={
+                    **_ok("created", {"allOf": [_ref("Token"), _obj({"token": STR})]}, "201"),
+                    "404": _error("no such user"),
+                    "422": _error("the admin token is no user: name the token's owner"),
+                },
+            ),
+        },
+        "/api/v1/tokens/{id}": {
+            "parameters": [_path_param("id", STR, "the token's id")],
+            "delete": _op(
+                "Revoke a token",
+                tag="accounts",
+                responses={"204": {"description": "revoked"}, "404": _error("no such token")},
+            ),
+        },
+    }
+
+
+def _console_paths() -> dict[str, Any]:
+    return {
+        "/api/v1/fleet": {
+            "get": _op(
+                "Every known device: site, profile, limits, latest reading and its age, alerts, state",
+                tag="devices",
+                params=[_query("site", STR, "only these sites (repeatable)")],
+                responses={
+                    **_ok("the fleet", {"type": "object"}),
+                    "400": _error("a filter's value is wrong"),
+                },
+            ),
+        },
+        "/api/v1/devices/{id}/history": {
+            "parameters": [_path_param("id", ID, "the device's id")],
+            "get": _op(
+                "A device's readings in buckets (min, mean, max, count) and its profile's limits",
+                tag="devices",
+                params=[
+                    _query("from", TIME, "start (default: 24 h ago)"),
+                    _query("to", TIME, "end (default: now)"),
+                    _query("bucket", STR, "seconds, or 30s / 5m / 1h / 1d (default: ≤ 1,000 points)"),
+                ],
+                responses={
+                    **_ok("the buckets", {"type": "object"}),
+                    "400": _error("a bad range or bucket"),
+                    "404": _error("no such device"),
+                },
+            ),
+        },
+        "/api/v1/streams/{slug}/links": {
+            "parameters": [_slug],
+            "get": _op(
+                "The sites and devices whose readings show over the stream",
+                tag="streams",
+                params=[_query("share", STR, "an unlisted stream's share token")],
+                responses={**_ok("the links", _ref("Links")), "404": _error("no such stream")},
+            ),
+            "put": _op(
+                "Link the stream to sites and devices",
+                tag="streams",
+                body=_strict(
+                    {},
+                    {
+                        "sites": {"type": "array", "items": STR, "maxItems": 100},
+                        "devices": {"type": "array", "items": STR, "maxItems": 100},
+                    },
+                ),
+                responses={
+                    **_ok("the links", _ref("Links")),
+                    "404": _error("no such stream"),
+                    "415": _error("the body is not application/json"),
+                    "422": _error("a site or device id is not allowed"),
+                },
+            ),
+        },
+        "/api/v1/streams/{slug}/share": {
+            "parameters": [_slug],
+            "post": _op(
+                "A signed, expiring link to an unlisted stream's watch page",
+                tag="streams",
+                body=_strict({}, {"ttl_s": {"type": "integer", "minimum": 60, "maximum": 31_536_000}}),
+                body_required=False,
+                responses={
+                    **_ok("the link", _obj({"url": STR, "expires_at": TIME}), "201"),
+                    "404": _error("no such stream"),
+                    "415": _error("the body is not application/json"),
+                    "422": _error("a field's value is not allowed"),
+                },
+            ),
+        },
+    }
+
+
 def _misc_paths() -> dict[str, Any]:
     return {
         "/api/v1/live": {
             "get": _op(
                 "WebSocket live feed: readings and alert events, the current state first",
                 tag="live",
-                roles=PUBLIC,
                 description="Upgrade to a WebSocket. Select with `stream` (a public stream, or an"
                 " unlisted one with its `share` token), or, for staff, `site` / `device`."
                 " Messages are JSON objects with a `type` of snapshot, reading or alert.",
@@ -428,6 +613,7 @@ def _misc_paths() -> dict[str, Any]:
                     _query("share", STR, "an unlisted stream's share token"),
                     _query("site", STR, "staff: every device of these sites (comma-separated)"),
                     _query("device", STR, "staff: these devices (comma-separated)"),
+                    _query("all", {"type": "string", "enum": ["1"]}, "staff: every device (the console)"),
                 ],
                 responses={
                     "101": {"description": "switching to the WebSocket protocol"},
@@ -440,17 +626,209 @@ def _misc_paths() -> dict[str, Any]:
             "get": _op(
                 "This document",
                 tag="meta",
-                roles=PUBLIC,
                 responses=_ok("the OpenAPI document", {"type": "object"}),
             ),
         },
     }
 
 
+# -- shipments (web.api_shipments) -------------------------------------------------------
+
+SHIPMENT_ID: Schema = {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{2,39}$"}
+_shipment_id = _path_param("id", STR, "the shipment's id (3-40 of a-z 0-9 -)")
+_SEGMENT_IN = _strict(
+    {"device_id": ID},
+    {"start": TIME, "end": _nullable(TIME), "label": _nullable(_text(200))},
+)
+_SHIPMENT_FIELDS: dict[str, Schema] = {
+    "product": _text(200),
+    "batch": _text(200),
+    "origin_site": ID,
+    "profile_id": ID,
+}
+_SHIPMENT_OPTIONAL: dict[str, Schema] = {
+    "opened_at": TIME,
+    "streams": {"type": "array", "items": SLUG, "maxItems": 20},
+    "segments": {"type": "array", "items": _SEGMENT_IN, "maxItems": 100},
+}
+SCHEMAS["Segment"] = _obj(
+    {"device_id": STR, "start": TIME, "end": _nullable(TIME)}, {"label": _nullable(STR)}
+)
+SCHEMAS["Shipment"] = _obj(
+    {
+        "id": STR,
+        "product": STR,
+        "batch": STR,
+        "origin_site": STR,
+        "profile_id": STR,
+        "state": {"type": "string", "enum": ["open", "closed"]},
+        "opened_at": TIME,
+        "closed_at": _nullable(TIME),
+        "segments": {"type": "array", "items": _ref("Segment")},
+        "streams": {"type": "array", "items": STR},
+        "version": INT,
+    }
+)
+SCHEMAS["ShipmentReport"] = _obj(
+    {
+        "shipment": _ref("Shipment"),
+        "as_of": TIME,
+        "profile": {"type": "object"},
+        "limits": {"type": "array", "items": {"type": "object"}},
+        "method": {"type": "object"},
+        "segments": {"type": "array", "items": {"type": "object"}},
+        "total": {"type": "object"},
+        "gaps": {"type": "array", "items": {"type": "object"}},
+        "excursions": {"type": "array", "items": {"type": "object"}},
+        "device_alerts": {"type": "array", "items": {"type": "object"}},
+    },
+    description="Figures at full precision; the method block defines every figure (telemetry.reports).",
+)
+_GAP_PARAMS = [
+    _query("gap_threshold_s", {"type": "number", "minimum": 1, "maximum": 864000}, "a fixed gap threshold G"),
+    _query("gap_factor", {"type": "number", "exclusiveMinimum": 0, "maximum": 864000}, "G = factor × median"),
+    _query("min_gap_s", {"type": "number", "exclusiveMinimum": 0, "maximum": 864000}, "G is at least this"),
+]
+
+
+def _shipment_paths() -> dict[str, Any]:
+    not_found = {"404": _error("no such shipment")}
+    conflict = {"409": _error("the shipment is closed, or changed meanwhile, or the id is taken")}
+    report_errors = {"400": _error("a gap parameter or the language is wrong"), **not_found}
+    return {
+        "/api/v1/shipments": {
+            "get": _op(
+                "List shipments, newest opened first",
+                tag="shipments",
+                params=[
+                    _query("state", {"type": "string", "enum": ["open", "closed"]}, ""),
+                    _query("origin_site", STR, "only this origin site's"),
+                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, "at most this many"),
+                ],
+                responses={
+                    **_ok("the shipments", _list_of("shipments", _ref("Shipment"))),
+                    "400": _error("a filter's value is wrong"),
+                },
+            ),
+            "post": _op(
+                "Open a shipment (id: a chosen slug, or 10 random base32 characters)",
+                tag="shipments",
+                body=_strict(_SHIPMENT_FIELDS, {"id": SHIPMENT_ID, **_SHIPMENT_OPTIONAL}),
+                responses={**_ok("the new shipment", _ref("Shipment"), "201"), **conflict},
+            ),
+        },
+        "/api/v1/shipments/{id}": {
+            "parameters": [_shipment_id],
+            "get": _op(
+                "One shipment with its route",
+                tag="shipments",
+                responses={**_ok("the shipment", _ref("Shipment")), **not_found},
+            ),
+            "patch": _op(
+                "Change an open shipment's fields (segments: the whole route)",
+                tag="shipments",
+                body=_strict({}, {**_SHIPMENT_FIELDS, **_SHIPMENT_OPTIONAL, "version": INT}),
+                responses={**_ok("the shipment", _ref("Shipment")), **not_found, **conflict},
+            ),
+        },
+        "/api/v1/shipments/{id}/segments": {
+            "parameters": [_shipment_id],
+            "post": _op(
+                "Add a segment to the route; the open one ends where it starts",
+                tag="shipments",
+                body=_SEGMENT_IN,
+                responses={**_ok("the shipment", _ref("Shipment"), "201"), **not_found, **conflict},
+            ),
+        },
+        "/api/v1/shipments/{id}/close": {
+            "parameters": [_shipment_id],
+            "post": _op(
+                "Close the shipment (and its open segment) at a time, default now",
+                tag="shipments",
+                body=_strict({}, {"at": TIME}),
+                body_required=False,
+                responses={**_ok("the shipment", _ref("Shipment")), **not_found, **conflict},
+            ),
+        },
+        "/api/v1/shipments/{id}/report": {
+            "parameters": [_shipment_id],
+            "get": _op(
+                "The shipment's report: figures per segment and in total, gaps, excursions",
+                tag="shipments",
+                params=_GAP_PARAMS,
+                responses={**_ok("the report", _ref("ShipmentReport")), **report_errors},
+            ),
+        },
+        "/api/v1/shipments/{id}/report.csv": {
+            "parameters": [_shipment_id],
+            "get": _op(
+                "The report as CSV (summary, limits, gaps, excursions, readings)",
+                tag="shipments",
+                params=_GAP_PARAMS,
+                responses={
+                    "200": {"description": "UTF-8 CSV", "content": {"text/csv": {"schema": STR}}},
+                    **report_errors,
+                },
+            ),
+        },
+        "/api/v1/shipments/{id}/report.pdf": {
+            "parameters": [_shipment_id],
+            "get": _op(
+                "The report as PDF, in Simplified Chinese or English",
+                tag="shipments",
+                params=[
+                    _query("lang", {"type": "string", "enum": ["zh-CN", "en"]}, "default en"),
+                    *_GAP_PARAMS,
+                ],
+                responses={
+                    "200": {
+                        "description": "the PDF",
+                        "content": {"application/pdf": {"schema": {"type": "string", "format": "binary"}}},
+                    },
+                    **report_errors,
+                    "503": _error("the PDF font (Debian package fonts-wqy-microhei) is not installed"),
+                },
+            ),
+        },
+    }
+
+
+def _add_roles(paths: dict[str, Any]) -> None:
+    """Who may call each operation comes from web.permissions, the table the server
+    enforces: written as ``x-roles`` and as the security requirement, with the 401/403
+    answers a protected operation can give."""
+    for path, item in paths.items():
+        for method, op in item.items():
+            if method == "parameters":
+                continue
+            rule = rule_for(method.upper(), path)
+            roles = rule.roles if rule is not None else DEFAULT_ROLES
+            op["x-roles"] = list(roles) or ["public"]
+            if rule is not None and rule.note:
+                op.setdefault("description", f"Who: {rule.note}.")
+            resp = op["responses"]
+            resp.setdefault("400", _error("a control character in the URL, or a bad parameter"))
+            if roles:
+                op["security"] = [{"bearer": []}, {"session": []}]
+                resp.setdefault("401", _error("no valid credentials"))
+                resp.setdefault("403", _error("this role may not do this, or the CSRF token is missing"))
+                resp.setdefault("429", _error("too many failed authentication attempts from this address"))
+            else:
+                op["security"] = [{}]
+
+
 def build_document(version: str) -> dict[str, Any]:
     paths: dict[str, Any] = {}
-    for part in (_stream_paths(), _alert_paths(), _misc_paths()):
+    for part in (
+        _stream_paths(),
+        _alert_paths(),
+        _account_paths(),
+        _console_paths(),
+        _shipment_paths(),
+        _misc_paths(),
+    ):
         paths.update(part)
+    _add_roles(paths)
     return {
         "openapi": "3.1.0",
         "info": {

@@ -4,25 +4,31 @@ aiortc's ``_run_rtp`` costs ~20 µs of Python per packet per viewer: it packs ea
 ``av.Packet`` again, makes an ``RtpPacket`` per packet, serializes its header
 extensions through a map, reads the clock through ``datetime`` twice, and awaits
 three layers (DTLS transport, ICE connection, STUN protocol) before the datagram
-transport's ``sendto``. ``FastRtpSender`` replaces only that loop:
+transport's ``sendto``. ``FastRtpSender`` replaces only that loop, and makes the
+per-packet part as short as Python allows:
 
 * payloads come from the stream's ``PayloadCache`` (packetized once per stream);
-* per frame, one header tail is built (timestamp, SSRC, the negotiated extensions —
-  MID and abs-send-time — with abs-send-time from ``time.time()`` once per frame);
-  per packet only the first 4 bytes (marker, payload type, sequence) are packed;
-* each packet is SRTP-protected with the DTLS transport's session and handed to the
-  selected ICE pair's datagram transport in one synchronous loop per frame;
-* on Linux, runs of equal-size packets of a frame (FU-A fragments; SRTP adds a fixed
-  tag) go out in one ``sendmsg`` with ``UDP_SEGMENT`` (GSO) when the transport has
-  nothing buffered; any error falls back to one ``sendto`` per packet (and GSO is
-  switched off for the sender if the kernel refuses it).
+* frames arrive by a direct call from the fan-out (``set_media_sink`` on the feed
+  track) while the viewer keeps up, so a frame costs one Python call per viewer instead
+  of a future, a task wake-up and three coroutine resumptions; the task's ``await``
+  loop still takes the GOP burst at the start and anything queued behind it;
+* per frame, one header is built (timestamp, SSRC, the negotiated extensions — MID and
+  abs-send-time from ``time.time()`` once per frame — with and without the marker);
+* ``SrtpFrameBuffer`` lays a frame's packets back to back in one preallocated C buffer
+  (header copy, sequence number patched in, payload copy) and protects each in place
+  with libsrtp, so no ``bytes`` object is made per packet and the buffer itself is what
+  the socket sends;
+* on Linux, runs of equal-size datagrams (FU-A fragments; SRTP adds a fixed tag) leave in
+  one ``sendmsg`` with ``UDP_SEGMENT`` (GSO), straight on the ICE pair's socket while
+  asyncio's transport has nothing buffered; a full socket buffer hands the rest to the
+  transport (which queues them in order), and a kernel that refuses GSO switches it off
+  for the sender (one ``sendto`` per datagram from then on).
 
 Everything else stays aiortc's: RTCP (SR from the same counters, SDES, BYE), the
-handling of receiver reports, NACK (``_retransmit``, overridden to read our history
-of serialized packets and send RTX exactly as aiortc does), PLI/FIR
-(``_send_keyframe``, which the WHEP session points at the stream's rate limiter) and
-``stop``. Tracks without ``recv_media`` (anything but our feed tracks) fall back to
-aiortc's own loop.
+handling of receiver reports, NACK (``_retransmit``, overridden to rebuild the packet
+from our history and send RTX exactly as aiortc does), PLI/FIR (``_send_keyframe``,
+which the WHEP session points at the stream's rate limiter) and ``stop``. Tracks
+without ``recv_media`` (anything but our feed tracks) fall back to aiortc's own loop.
 """
 
 from __future__ import annotations
@@ -33,7 +39,8 @@ import logging
 import socket
 import sys
 import time
-from struct import pack, unpack_from
+from collections.abc import Callable
+from struct import Struct, pack
 from typing import Any, Protocol
 
 from aiortc import RTCRtpSender
@@ -44,7 +51,7 @@ from aiortc.rtp import RTP_HISTORY_SIZE, HeaderExtensionsMap, RtpPacket, wrap_rt
 from aiortc.utils import random32
 
 from stream.packets import MediaPacket
-from stream.rtp.packetizer import PayloadCache
+from stream.rtp.packetizer import FramePayloads, PayloadCache
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +61,23 @@ _P = "_RTCRtpSender__"  # aiortc's name-mangled private attributes
 SOL_UDP = getattr(socket, "SOL_UDP", 17)
 UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)
 GSO_MAX_SEGMENTS = 32  # 32 × ~1.3 kB stays under the 64 kB datagram limit
+# Room for one GSO call's worth of datagrams; a bigger frame is sent in several fills.
+FRAME_BUFFER_BYTES = 64_000
+# libsrtp's worst case growth of a packet (pylibsrtp's SRTP_MAX_TRAILER_LEN).
+SRTP_MAX_TRAILER = 16 + 128
+MTU_PACKET = 1_500
+
+_SEQ = Struct("!H")  # bytes 2-3 of an RTP header
+_GSO_SIZE = Struct("=H")  # UDP_SEGMENT's value: a native u16
+_HISTORY_MASK = RTP_HISTORY_SIZE - 1
+assert RTP_HISTORY_SIZE & _HISTORY_MASK == 0, "the history ring is indexed by a mask"
 
 
 class MediaTrack(Protocol):
     async def recv_media(self) -> MediaPacket: ...
+
+
+MediaSink = Callable[[MediaPacket], bool]
 
 
 def ntp_now() -> int:
@@ -108,12 +128,208 @@ class HeaderTemplate:
             + self.ext_tail
         )
 
+    def frame_headers(self, timestamp: int, ntp: int) -> tuple[bytes, bytes]:
+        """The whole header of one frame's packets, sequence number 0, without and with
+        the marker bit (the frame's last packet carries it)."""
+        tail = self.frame_tail(timestamp, ntp)
+        return (
+            pack("!BBH", self.byte0, self.payload_type, 0) + tail,
+            pack("!BBH", self.byte0, self.payload_type | 0x80, 0) + tail,
+        )
+
     def packet(self, sequence_number: int, marker: bool, tail: bytes, payload: bytes) -> bytes:
         return (
             pack("!BBH", self.byte0, self.payload_type | (0x80 if marker else 0), sequence_number)
             + tail
             + payload
         )
+
+
+class SrtpFrameBuffer:
+    """A preallocated C buffer in which a frame's RTP packets are written back to back
+    and SRTP-protected in place.
+
+    pylibsrtp's ``Session.protect`` costs ~1 µs of Python around libsrtp per packet (a
+    length cell allocated per call, the packet copied in, the result copied out into a
+    new ``bytes``). Here libsrtp's ``srtp_protect`` is called on the session's own
+    context directly, at the packet's place in one buffer that is then handed to the
+    socket as it is. If pylibsrtp's internals are not what this expects (another
+    version, or a stand-in session in tests), each packet goes through
+    ``session.protect`` and is copied into the buffer instead: slower, same bytes.
+    """
+
+    __slots__ = ("_c", "_ctx", "_len", "_protect", "capacity", "session", "view")
+
+    def __init__(self, session: Any, capacity: int = FRAME_BUFFER_BYTES) -> None:
+        self.session = session
+        self.capacity = capacity
+        self._ctx: Any = None
+        self._protect: Any = None
+        try:
+            from pylibsrtp._binding import ffi, lib
+
+            ctx = session._srtp[0]
+            if ffi.typeof(ctx) != ffi.typeof("srtp_t"):
+                raise TypeError(ffi.typeof(ctx))
+            self._c = ffi.new("char[]", capacity + SRTP_MAX_TRAILER + MTU_PACKET)
+            self.view = memoryview(ffi.buffer(self._c))
+            self._len = ffi.new("int *")
+            self._ctx = ctx
+            self._protect = lib.srtp_protect
+        except (ImportError, AttributeError, TypeError):
+            self._c = None
+            self.view = memoryview(bytearray(capacity + SRTP_MAX_TRAILER + MTU_PACKET))
+            self._len = None
+
+    @property
+    def direct(self) -> bool:
+        """libsrtp is called in place (False: through ``session.protect``)."""
+        return self._ctx is not None
+
+    def fill(
+        self,
+        headers: tuple[bytes, bytes],
+        payloads: list[bytes],
+        start: int,
+        seq: int,
+        history: SendHistory,
+        sizes: list[int],
+    ) -> int:
+        """Write and protect ``payloads[start:]`` from offset 0 until the buffer is full,
+        appending each protected size to ``sizes``; returns the index of the first payload
+        not written. The last payload of the list gets ``headers[1]`` (marker)."""
+        view = self.view
+        size = len(headers[0])
+        last = len(payloads) - 1
+        limit = self.capacity
+        off = 0
+        i = start
+        direct = self._ctx is not None
+        if direct:
+            c, ctx, length, protect = self._c, self._ctx, self._len, self._protect
+        else:
+            session_protect = self.session.protect
+        hist_seq, hist_header, hist_payload = history.seq, history.header, history.payload
+        seq_into = _SEQ.pack_into
+        header = headers[0]
+        while i <= last:
+            payload = payloads[i]
+            end = off + size + len(payload)
+            if end > limit and sizes:
+                break
+            if i == last:
+                header = headers[1]
+            view[off : off + size] = header
+            seq_into(view, off + 2, seq)
+            view[off + size : end] = payload
+            if direct:
+                length[0] = end - off
+                rc = protect(ctx, c + off, length)
+                if rc:
+                    raise ConnectionError(f"SRTP protect failed (libsrtp status {rc})")
+                n = length[0]
+            else:
+                out = session_protect(bytes(view[off:end]))
+                n = len(out)
+                view[off : off + n] = out
+            sizes.append(n)
+            off += n
+            slot = seq & _HISTORY_MASK
+            hist_seq[slot] = seq
+            hist_header[slot] = header
+            hist_payload[slot] = payload
+            seq = (seq + 1) & 0xFFFF
+            i += 1
+        return i
+
+
+class SendHistory:
+    """The last ``RTP_HISTORY_SIZE`` packets sent, for NACK: by sequence number, the
+    frame's header (with or without marker) and the shared payload, both references
+    (nothing is copied per packet); ``packet`` rebuilds the serialized packet."""
+
+    __slots__ = ("header", "payload", "seq")
+
+    def __init__(self) -> None:
+        self.seq: list[int] = [-1] * RTP_HISTORY_SIZE
+        self.header: list[bytes] = [b""] * RTP_HISTORY_SIZE
+        self.payload: list[bytes] = [b""] * RTP_HISTORY_SIZE
+
+    def packet(self, sequence_number: int) -> bytes | None:
+        slot = sequence_number & _HISTORY_MASK
+        if self.seq[slot] != sequence_number:
+            return None
+        header = bytearray(self.header[slot])
+        _SEQ.pack_into(header, 2, sequence_number)
+        return bytes(header) + self.payload[slot]
+
+
+class DatagramRoute:
+    """Where a sender's datagrams go: the nominated ICE pair's socket and address, and
+    asyncio's transport over that socket for what cannot go straight out."""
+
+    __slots__ = ("addr", "is_closing", "pair", "sock", "transport")
+
+    def __init__(self, pair: Any) -> None:
+        self.pair = pair
+        self.transport: Any = pair.protocol.transport
+        self.addr = pair.remote_addr
+        # The socket under asyncio's transport; None (anything else): the transport only.
+        self.sock: socket.socket | None = getattr(self.transport, "_sock", None)
+        self.is_closing: Callable[[], bool] = getattr(self.transport, "is_closing", _never)
+
+    def send(self, view: memoryview, sizes: list[int], sender: FastRtpSender) -> None:
+        """The datagrams of ``sizes``, back to back at the start of ``view``, in order."""
+        transport = self.transport
+        sock = self.sock
+        if sock is None or transport._buffer:
+            # The transport queues behind what it already holds.
+            self._queue(view, sizes, 0, 0)
+            return
+        addr = self.addr
+        gso = sender.gso
+        count = len(sizes)
+        i = 0
+        off = 0
+        while i < count:
+            size = sizes[i]
+            j = i + 1
+            if gso:
+                while j < count and j - i < GSO_MAX_SEGMENTS and sizes[j] == size:
+                    j += 1
+                if j < count and j - i < GSO_MAX_SEGMENTS and sizes[j] < size:
+                    j += 1  # the kernel allows a shorter last segment
+            end = off + sum(sizes[i:j]) if j - i > 1 else off + size
+            try:
+                if j - i == 1:
+                    sock.sendto(view[off:end], addr)
+                else:
+                    sock.sendmsg([view[off:end]], [(SOL_UDP, UDP_SEGMENT, _GSO_SIZE.pack(size))], 0, addr)
+                    sender.gso_calls += 1
+            except (BlockingIOError, InterruptedError):
+                # Socket buffer full: the transport queues the rest, in order, and sends
+                # it when the socket is writable.
+                self._queue(view, sizes, i, off)
+                return
+            except OSError as exc:
+                if j - i > 1 and exc.errno in (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP):
+                    log.info("UDP GSO refused (%s): one sendto per packet from now on", exc)
+                    sender.gso = gso = False
+                    continue  # the same datagrams again, one by one
+                # What asyncio's transport does with a send error: report it and go on.
+                self._queue(view, sizes[:j], i, off)
+            i = j
+            off = end
+
+    def _queue(self, view: memoryview, sizes: list[int], i: int, off: int) -> None:
+        # Copies: the buffer is rewritten by the next frame, the transport may keep them.
+        for n in sizes[i:]:
+            self.transport.sendto(bytes(view[off : off + n]), self.addr)
+            off += n
+
+
+def _never() -> bool:
+    return False
 
 
 class FastRtpSender(RTCRtpSender):
@@ -125,19 +341,32 @@ class FastRtpSender(RTCRtpSender):
     """
 
     _payloads: PayloadCache
-    _history: list[bytes | None]
+    _history: SendHistory
     _template: HeaderTemplate | None
+    _route: DatagramRoute | None
+    _buffer: SrtpFrameBuffer | None
+    _sizes: list[int]
     fast_packets: int
     gso_calls: int
+    sink_frames: int
+    # aiortc's counters for the RTCP sender report and getStats(), written per frame.
+    _RTCRtpSender__ntp_timestamp: int
+    _RTCRtpSender__rtp_timestamp: int
+    _RTCRtpSender__octet_count: int
+    _RTCRtpSender__packet_count: int
     # Class default; a sender whose kernel refuses UDP_SEGMENT turns its own off.
     gso: bool = sys.platform == "linux"
 
     def _fast_init(self, payloads: PayloadCache) -> None:
         self._payloads = payloads
-        self._history = [None] * RTP_HISTORY_SIZE
+        self._history = SendHistory()
         self._template = None
+        self._route = None
+        self._buffer = None
+        self._sizes = []
         self.fast_packets = 0
         self.gso_calls = 0
+        self.sink_frames = 0
 
     # -- RTP -----------------------------------------------------------------------------
 
@@ -155,6 +384,7 @@ class FastRtpSender(RTCRtpSender):
         self._seq = random32() % 32768  # as aiortc: the lower half, away from SRTP's wrap
         self._ts_origin = random32()
         payloads = self._payloads
+        sink_track: Any = None
         try:
             while True:
                 track: Any = self.track
@@ -162,93 +392,98 @@ class FastRtpSender(RTCRtpSender):
                     await asyncio.sleep(0.02)
                     continue
                 media = await track.recv_media()
-                if not self._enabled:
-                    continue
-                self._send_frame(template, payloads.get(media))
+                if self._enabled:
+                    self._send_frame(template, payloads.get(media))
+                if False and sink_track is not track and hasattr(track, "set_media_sink"):
+                    # The first frame went through the queue (it activates the feed);
+                    # from now on the fan-out calls us directly while we keep up.
+                    if sink_track is not None:
+                        sink_track.set_media_sink(None)
+                    sink_track = track
+                    track.set_media_sink(self._sink(track, template))
         except (asyncio.CancelledError, ConnectionError, MediaStreamError):
             pass
         except Exception:
             # _rtp_exited must be set whatever happens, or stop() hangs.
             log.exception("fast RTP sender (%s) failed", self.kind)
+        if sink_track is not None:
+            sink_track.set_media_sink(None)
         if self.track:
             self.track.stop()
             setattr(self, _P + "track", None)
         getattr(self, _P + "rtp_exited").set()
 
-    def _send_frame(self, template: HeaderTemplate, frame: Any) -> None:
+    def _sink(self, track: Any, template: HeaderTemplate) -> MediaSink:
+        """The direct path from the fan-out: True if the frame was taken (sent, or dropped
+        as the loop drops it while the sender is disabled); False hands it back to the
+        feed's queue, where the loop meets the same condition and ends as it would have."""
+        payloads = self._payloads
+
+        def take(media: MediaPacket) -> bool:
+            if self.track is not track:
+                return False
+            if not self._enabled:
+                return True
+            try:
+                self._send_frame(template, payloads.get(media))
+            except Exception:
+                # Raised before anything was sent (not connected any more): the sender's
+                # task gets the frame and the same error, and stops.
+                track.set_media_sink(None)
+                return False
+            self.sink_frames += 1
+            return True
+
+        return take
+
+    def _current_route(self) -> DatagramRoute:
+        """The nominated pair's route, checked per frame (cheap: identities only)."""
         dtls: Any = self.transport
         if dtls._state != DtlsState.CONNECTED:
             raise ConnectionError("Cannot send encrypted RTP, not connected")
         pair = dtls.transport._connection._nominated.get(1)
         if pair is None:
             raise ConnectionError("Cannot send data, not connected")
-        udp = pair.protocol.transport
-        sendto = udp.sendto
-        addr = pair.remote_addr
-        protect = dtls._tx_srtp.protect
+        route = self._route
+        if route is None or route.pair is not pair or route.transport is not pair.protocol.transport:
+            route = self._route = DatagramRoute(pair)
+        if route.is_closing():
+            raise ConnectionError("Cannot send data, the ICE transport is closed")
+        buffer = self._buffer
+        if buffer is None or buffer.session is not dtls._tx_srtp:
+            self._buffer = SrtpFrameBuffer(dtls._tx_srtp)
+        return route
 
+    def _send_frame(self, template: HeaderTemplate, frame: FramePayloads) -> None:
+        route = self._current_route()
+        buffer = self._buffer
+        assert buffer is not None
         ntp = ntp_now()
         timestamp = (self._ts_origin + frame.timestamp) & 0xFFFFFFFF
-        tail = template.frame_tail(timestamp, ntp)
-        byte0 = template.byte0
-        pt = template.payload_type
-        history = self._history
+        headers = template.frame_headers(timestamp, ntp)
+        payloads = frame.payloads
+        count = len(payloads)
+        sizes = self._sizes
         seq = self._seq
-        last = len(frame.payloads) - 1
         sent_bytes = 0
-        outs = []
-        for i, payload in enumerate(frame.payloads):
-            data = pack("!BBH", byte0, pt | 0x80 if i == last else pt, seq) + tail + payload
-            history[seq % RTP_HISTORY_SIZE] = data
-            out = protect(data)
-            outs.append(out)
-            sent_bytes += len(out)
-            seq = (seq + 1) & 0xFFFF
-        self._seq = seq
-        sock = getattr(udp, "_sock", None)
-        if last and self.gso and sock is not None and not getattr(udp, "_buffer", True):
-            self._send_segmented(sock, outs, addr, sendto)
-        else:
-            for out in outs:
-                sendto(out, addr)
-        n = last + 1
-        self.fast_packets += n
-        # What aiortc's loop keeps for the RTCP sender report and getStats().
-        setattr(self, _P + "ntp_timestamp", ntp)
-        setattr(self, _P + "rtp_timestamp", timestamp)
-        setattr(self, _P + "octet_count", getattr(self, _P + "octet_count") + frame.octets)
-        setattr(self, _P + "packet_count", getattr(self, _P + "packet_count") + n)
-        dtls._RTCDtlsTransport__tx_bytes += sent_bytes
-        dtls._RTCDtlsTransport__tx_packets += n
-
-    def _send_segmented(self, sock: socket.socket, outs: list[bytes], addr: Any, sendto: Any) -> None:
-        """Runs of equal-size datagrams (plus one shorter last) in one GSO sendmsg each."""
-        n = len(outs)
         i = 0
-        while i < n:
-            size = len(outs[i])
-            j = i + 1
-            while j < n and j - i < GSO_MAX_SEGMENTS and len(outs[j]) == size:
-                j += 1
-            if j < n and j - i < GSO_MAX_SEGMENTS and len(outs[j]) < size:
-                j += 1  # the kernel allows a shorter last segment
-            if j - i == 1 or not self.gso:
-                for out in outs[i:j]:
-                    sendto(out, addr)
-            else:
-                try:
-                    sock.sendmsg([b"".join(outs[i:j])], [(SOL_UDP, UDP_SEGMENT, pack("=H", size))], 0, addr)
-                    self.gso_calls += 1
-                except (BlockingIOError, InterruptedError):
-                    for out in outs[i:j]:  # the transport buffers them, in order
-                        sendto(out, addr)
-                except OSError as exc:
-                    if exc.errno in (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT, errno.EOPNOTSUPP):
-                        log.info("UDP GSO refused (%s): one sendto per packet from now on", exc)
-                        self.gso = False
-                    for out in outs[i:j]:
-                        sendto(out, addr)
-            i = j
+        while i < count:
+            sizes.clear()
+            nxt = buffer.fill(headers, payloads, i, seq, self._history, sizes)
+            seq = (seq + (nxt - i)) & 0xFFFF
+            i = nxt
+            self._seq = seq
+            route.send(buffer.view, sizes, self)
+            sent_bytes += sum(sizes)
+        self.fast_packets += count
+        # What aiortc's loop keeps for the RTCP sender report and getStats().
+        self._RTCRtpSender__ntp_timestamp = ntp
+        self._RTCRtpSender__rtp_timestamp = timestamp
+        self._RTCRtpSender__octet_count += frame.octets
+        self._RTCRtpSender__packet_count += count
+        dtls: Any = self.transport
+        dtls._RTCDtlsTransport__tx_bytes += sent_bytes
+        dtls._RTCDtlsTransport__tx_packets += count
 
     # -- NACK ----------------------------------------------------------------------------
 
@@ -256,10 +491,7 @@ class FastRtpSender(RTCRtpSender):
         """The serialized (unprotected) packet with this sequence number, if still kept."""
         if not hasattr(self, "_history"):
             return None
-        data = self._history[sequence_number % RTP_HISTORY_SIZE]
-        if data is None or unpack_from("!H", data, 2)[0] != sequence_number:
-            return None
-        return data
+        return self._history.packet(sequence_number)
 
     async def _retransmit(self, sequence_number: int) -> None:
         if self._template is None:

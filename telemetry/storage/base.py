@@ -13,6 +13,7 @@ from typing import Protocol
 
 from telemetry.readings import Bucket, Reading, Rejection
 from telemetry.storage.alerts import AlertStore
+from telemetry.storage.shipments import ShipmentStore
 
 
 class StorageUnavailable(Exception):
@@ -25,7 +26,7 @@ class WriteResult:
     duplicates: int  # rows whose (device_id, ts) was already stored: redeliveries
 
 
-class Store(AlertStore, Protocol):
+class Store(AlertStore, ShipmentStore, Protocol):
     kind: str  # "timescale", "postgres" or "sqlite"
 
     def open(self) -> None: ...

@@ -33,6 +33,7 @@ from telemetry.settings import StorageSettings
 from telemetry.storage.alerts_postgres import PostgresAlertStore
 from telemetry.storage.base import StorageUnavailable, WriteResult
 from telemetry.storage.migrate import load_migrations
+from telemetry.storage.shipments_postgres import PostgresShipmentStore
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ def _reading(row: tuple) -> Reading:
     return Reading(device_id, _utc(ts), temp_c, rh, battery_v, door_open, seq)
 
 
-class PostgresStore(PostgresAlertStore):
+class PostgresStore(PostgresAlertStore, PostgresShipmentStore):
     def __init__(self, settings: StorageSettings) -> None:
         self._settings = settings
         self._conninfo = _conninfo(settings.url)

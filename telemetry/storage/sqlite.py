@@ -20,6 +20,7 @@ from telemetry.settings import StorageSettings
 from telemetry.storage.alerts_sqlite import SqliteAlertStore
 from telemetry.storage.base import StorageUnavailable, WriteResult
 from telemetry.storage.migrate import load_migrations, split_sqlite_statements
+from telemetry.storage.shipments_sqlite import SqliteShipmentStore
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ def _reading(row: tuple) -> Reading:
     )
 
 
-class SqliteStore(SqliteAlertStore):
+class SqliteStore(SqliteAlertStore, SqliteShipmentStore):
     kind = "sqlite"
 
     def __init__(self, settings: StorageSettings) -> None:

@@ -5,12 +5,14 @@ same pages working."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 
 import pytest
 
-from web.app import build_app
+from stream.registry import StreamSpec
+from web.app import STREAMS, build_app
 from web.config import load_config
 from web.i18n import LANGUAGES, CatalogError, choose_language, load_catalogs, parse_accept_language
 from web.pages import STATIC_DIR, TEMPLATE_DIR, PageRenderer
@@ -18,14 +20,29 @@ from web.pages import STATIC_DIR, TEMPLATE_DIR, PageRenderer
 CATALOGS = load_catalogs()
 TEMPLATES = {p.name: p.read_text(encoding="utf-8") for p in TEMPLATE_DIR.glob("*.html")}
 SCRIPTS = {p.name: p.read_text(encoding="utf-8") for p in STATIC_DIR.glob("*.js")}
+# Python that renders text for people (the shipment report PDF) asks for keys the same way.
+SCRIPTS["shipment_pdf.py"] = (STATIC_DIR.parent / "shipment_pdf.py").read_text(encoding="utf-8")
 # The states each script builds a key from (`publish.state_${state}`, `watch.state_${state}`).
 PUBLISH_STATES = ("idle", "camera", "connecting", "live", "reconnecting", "stopped", "error")
 WATCH_STATES = ("connecting", "live", "waiting", "offline", "reconnecting", "unknown", "unsupported")
-_KEY = r"(?:lang|common|publish|watch|error)\.[a-z0-9_]+"
+# The console's keys built from values (`console.state_${state}`, `console.severity_${…}` …).
+CONSOLE_BUILT = {
+    f"console.{group}_{value}"
+    for group, values in (
+        ("state", ("ok", "alert", "offline", "stale")),
+        ("severity", ("critical", "major", "minor", "warning")),
+        ("status", ("open", "acknowledged", "resolved")),
+        ("audit", ("raised", "peak", "acknowledged", "resolved")),
+        ("role", ("admin", "logistics", "producer")),
+    )
+    for value in values
+}
+_KEY = r"(?:lang|common|publish|watch|error|report|console)\.[a-z0-9_]+"
 
 
 def _keys_used() -> set[str]:
     used = {f"publish.state_{s}" for s in PUBLISH_STATES} | {f"watch.state_{s}" for s in WATCH_STATES}
+    used |= CONSOLE_BUILT
     for text in TEMPLATES.values():
         used |= set(re.findall(r"\{\{t:(" + _KEY + r")\}\}", text))
         used |= set(re.findall(r'data-i18n(?:-[a-z-]+)?="(' + _KEY + ')"', text))
@@ -103,6 +120,8 @@ async def client(aiohttp_client, tmp_path):
 
 
 async def test_pages_are_served_in_the_chosen_language_with_their_headers(client):
+    # The player answers 200 for a registered stream (unknown ones: the same page, a 404).
+    await asyncio.to_thread(client.app[STREAMS].create, StreamSpec(slug="demo", title="Demo"))
     r = await client.get("/watch/demo", headers={"Accept-Language": "zh-CN,zh;q=0.9"})
     assert r.status == 200
     body = await r.text()
@@ -122,9 +141,11 @@ async def test_pages_are_served_in_the_chosen_language_with_their_headers(client
     r = await client.get("/watch/demo?lang=zh")
     assert '<html lang="zh-CN">' in await r.text()
 
-    # A slug that can never exist: still the page (its script says so), but a 404.
-    r = await client.get("/watch/NOT_A_SLUG")
-    assert r.status == 404 and "text/html" in r.headers["Content-Type"]
+    # A slug that can never exist, or one nobody registered: still the page (its script
+    # says so), but a 404.
+    for slug in ("NOT_A_SLUG", "not-registered"):
+        r = await client.get(f"/watch/{slug}")
+        assert r.status == 404 and "text/html" in r.headers["Content-Type"]
 
     for name in ("common.js", "publish.js", "watch.js", "style.css"):
         r = await client.get(f"/static/{name}")

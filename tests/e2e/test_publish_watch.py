@@ -126,11 +126,14 @@ def phone(browser: Browser, contexts: list[BrowserContext], locale: str) -> Brow
     return context
 
 
-def open_tab(context: BrowserContext, server: Server, path: str, *, base: str | None = None) -> Tab:
+def open_tab(
+    context: BrowserContext, server: Server, path: str, *, base: str | None = None, status: int | None = None
+) -> Tab:
     page = context.new_page()
     tab = Tab(page, server)
     response = page.goto((base or server.base_url) + path)
-    assert response is not None and response.ok, f"{path}: {response and response.status}"
+    assert response is not None, path
+    assert response.ok if status is None else response.status == status, f"{path}: {response.status}"
     return tab
 
 
@@ -271,7 +274,9 @@ def test_both_languages_render_and_the_choice_is_remembered(browser, contexts, s
 
 
 def test_unknown_stream_is_said(browser, contexts, server, artifacts):
-    viewer = open_tab(phone(browser, contexts, "zh-CN"), server, "/watch/no-such-stream")
+    # A 404 for crawlers and monitors (the same page as an unlisted stream without its share
+    # link); the page itself says what is wrong, in the reader's language.
+    viewer = open_tab(phone(browser, contexts, "zh-CN"), server, "/watch/no-such-stream", status=404)
     viewer.wait_state("unknown", timeout_s=15)
     assert viewer.text("#status") == "没有名为“no-such-stream”的直播。请检查链接。"
     viewer.shot(artifacts, "watch-unknown-zh.png")

@@ -182,10 +182,11 @@ async def test_excursion_to_alert_row_event_webhook_and_lifecycle(aiohttp_client
         )
         assert r.status == 200
         assert {"device_id": dev, "site_id": site, "profile_id": "zero", "name": "T"} in (
-            await (await client.get("/api/v1/devices")).json()
+            await (await client.get("/api/v1/devices", headers=AUTH)).json()
         )["devices"]
         profiles = {
-            p["id"]: p for p in (await (await client.get("/api/v1/alert-profiles")).json())["profiles"]
+            p["id"]: p
+            for p in (await (await client.get("/api/v1/alert-profiles", headers=AUTH)).json())["profiles"]
         }
         assert profiles["zero"]["builtin"] is False and profiles["chilled"]["builtin"] is True
 
@@ -197,13 +198,13 @@ async def test_excursion_to_alert_row_event_webhook_and_lifecycle(aiohttp_client
         )  # fmt: skip
 
         async def listed() -> list[dict[str, Any]]:
-            return (await (await client.get(f"/api/v1/alerts?device={dev}")).json())["alerts"]
+            return (await (await client.get(f"/api/v1/alerts?device={dev}", headers=AUTH)).json())["alerts"]
 
         await until(lambda: _nonempty(listed()))
         [a] = await listed()
         assert (a["status"], a["site_id"], a["rule_id"], a["peak"]) == ("open", site, "upper", 6.0)
         assert a["start"] == (t0 + timedelta(seconds=1)).isoformat() == a["raised_at"]
-        detail = await (await client.get(f"/api/v1/alerts/{a['id']}")).json()
+        detail = await (await client.get(f"/api/v1/alerts/{a['id']}", headers=AUTH)).json()
         assert [e["action"] for e in detail["audit"]] == ["raised"]
         assert wait_until(lambda: "raised" in events.kinds(), 10)
         raised = events.items[0]
@@ -235,15 +236,14 @@ async def test_excursion_to_alert_row_event_webhook_and_lifecycle(aiohttp_client
             await client.post("/api/v1/alerts/999999/resolve", json={"comment": "x"}, headers=AUTH)
         ).status == 404
         assert wait_until(lambda: events.kinds()[-2:] == ["acknowledged", "resolved"], 10), events.kinds()
-        detail = await (await client.get(url)).json()
+        detail = await (await client.get(url, headers=AUTH)).json()
         assert detail["status"] == "resolved" and detail["resolution_comment"] == "load moved to truck 3"
         assert [(e["action"], e["actor"]) for e in detail["audit"]] == [
             ("raised", "system"), ("acknowledged", "admin-token"), ("resolved", "admin-token"),
         ]  # fmt: skip
-        assert (await (await client.get("/api/v1/alerts?state=resolved&site=" + site)).json())["alerts"][0][
-            "id"
-        ] == a["id"]
-        assert (await client.get("/api/v1/alerts?state=bogus")).status == 400
+        resolved = await client.get("/api/v1/alerts?state=resolved&site=" + site, headers=AUTH)
+        assert (await resolved.json())["alerts"][0]["id"] == a["id"]
+        assert (await client.get("/api/v1/alerts?state=bogus", headers=AUTH)).status == 400
         await until(lambda: asyncio.sleep(0, len(got) >= 3))
     finally:
         events.close()

@@ -142,11 +142,13 @@ async def test_snapshot_then_readings_alerts_and_selection(aiohttp_client, mosqu
             assert time.monotonic() < deadline
             await asyncio.sleep(0.05)
         by_stream = await client.ws_connect("/api/v1/live?stream=farm")
-        by_site = await client.ws_connect(f"/api/v1/live?site={other}")
-        by_device = await client.ws_connect(f"/api/v1/live?device={b}&device={c}")
+        by_site = await client.ws_connect(f"/api/v1/live?site={other}", headers=AUTH)
+        by_device = await client.ws_connect(f"/api/v1/live?device={b}&device={c}", headers=AUTH)
         snap = await receive(by_stream, "snapshot", 5)
         assert {d["device_id"] for d in snap["devices"]} == {a, b}
-        assert snap["selection"] == {"kind": "stream", "stream": "farm", "site": site}
+        assert snap["selection"] == {
+            "kind": "stream", "stream": "farm", "site": None, "sites": [site], "devices": [],
+        }  # fmt: skip
         assert isinstance(snap["seq"], int) and snap["server"]
         assert [(x["device_id"], x["temp_c"]) for x in snap["readings"]] == [(a, 3.0)]
         assert datetime.fromisoformat(snap["readings"][0]["ts"]) == t0.replace(
@@ -202,7 +204,8 @@ def raw_ws(port: int, path: str, rcvbuf: int = 4096) -> socket.socket:
     s.sendall(
         (
             f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+            f"Authorization: Bearer {TOKEN}\r\n\r\n"
         ).encode()
     )
     head = b""
@@ -249,10 +252,11 @@ READERS = """
 import asyncio, json, sys, time
 import aiohttp
 
-async def main(url, n, want):
+async def main(url, n, want, token):
     got, last, slowest = [0] * n, [0] * n, [0.0]
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as s:
-        socks = [await s.ws_connect(url) for _ in range(n)]
+        auth = {"Authorization": f"Bearer {token}"}
+        socks = [await s.ws_connect(url, headers=auth) for _ in range(n)]
         for ws in socks:
             assert json.loads((await ws.receive(timeout=30)).data)["type"] == "snapshot"
         print("ready", flush=True)
@@ -275,7 +279,7 @@ async def main(url, n, want):
         for ws in socks:
             await ws.close()
 
-asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
+asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]))
 """
 
 
@@ -301,7 +305,7 @@ async def test_200_clients_one_never_reading(aiohttp_client, mosquitto, live_db)
     n_readings, rate = 2400, 150.0
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-c", READERS, f"ws://127.0.0.1:{port}/api/v1/live?site={site}", "199",
-        str(n_readings), stdout=asyncio.subprocess.PIPE,
+        str(n_readings), TOKEN, stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert child.stdout is not None
     line = await asyncio.wait_for(child.stdout.readline(), 60)
@@ -360,7 +364,7 @@ async def test_slow_client_with_many_devices_is_closed_1013(aiohttp_client, mosq
     devices = [f"m{i}-{tag}" for i in range(300)]
     path = "/api/v1/live?" + "&".join(f"device={d}" for d in devices)
     slow = await asyncio.to_thread(raw_ws, client.server.port, path)
-    fast = await client.ws_connect(f"/api/v1/live?device={devices[-1]}")
+    fast = await client.ws_connect(f"/api/v1/live?device={devices[-1]}", headers=AUTH)
     await receive(fast, "snapshot", 5)
     pub = Publisher(mosquitto.host, mosquitto.port)
     try:

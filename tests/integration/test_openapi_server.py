@@ -35,6 +35,12 @@ def api_schema(pg_url: str, mosquitto) -> Iterator[schemathesis.schemas.BaseSche
         "ORIGINCAST_HTTP_HOST": "127.0.0.1",
         "ORIGINCAST_HTTP_PORT": str(port),
         "ORIGINCAST_ADMIN_TOKEN": ADMIN_TOKEN,
+        # schemathesis also calls every protected operation without credentials and
+        # with wrong ones (it checks they are refused); with the production delay and
+        # lockout those hundreds of failures would stall the run and lock it out.
+        "ORIGINCAST_AUTH_FAILURE_BASE_DELAY_S": "0",
+        "ORIGINCAST_AUTH_FAILURE_MAX_DELAY_S": "0.01",
+        "ORIGINCAST_AUTH_LOCKOUT_AFTER": "1000000",
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "web", "serve"], cwd=REPO, env=env, stderr=subprocess.DEVNULL

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import re
 import threading
 import time
@@ -317,7 +318,7 @@ async def test_rotating_the_key_cuts_off_the_publisher(client: TestClient) -> No
 
 async def test_refusals(client: TestClient) -> None:
     key = await create_stream(client, "farm")
-    await create_stream(client, "cam", kind="rtsp", rtsp_url="rtsp://u:p@127.0.0.1:8554/x")
+    cam_key = await create_stream(client, "cam", kind="rtsp", rtsp_url="rtsp://u:p@127.0.0.1:8554/x")
     offer_pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     offer_pc.addTransceiver(NumberedFrames(), direction="sendonly")
     offer_pc.addTransceiver("audio", direction="sendonly")
@@ -333,15 +334,23 @@ async def test_refusals(client: TestClient) -> None:
         assert r.headers["Access-Control-Allow-Origin"] == "*"  # readable by a publish page
         return r.status, (await r.json())["error"]
 
+    # An unknown stream is answered exactly like a wrong key, with the same growing delay:
+    # probing cannot confirm that an unlisted stream exists.
+    same = "wrong publish key for this stream, or no such stream"
+    t0 = time.monotonic()
     status, error = await post("nope", good, sdp_headers)
-    assert (status, error) == (404, "no stream named 'nope'")
-    assert (await post("Bad_Slug", good, sdp_headers))[0] == 404
-    status, error = await post("cam", good, sdp_headers)
-    assert status == 409 and "rtsp" in error
+    assert (status, error) == (401, same)
+    assert time.monotonic() - t0 >= 0.09  # the brute-force delay applies to it too
+    assert await post("Bad_Slug", good, sdp_headers) == (401, same)
+    status, error = await post("nope", good, {"Content-Type": "application/sdp"})
+    assert status == 401 and "missing" in error
     status, error = await post("farm", good, {"Content-Type": "application/sdp"})
     assert status == 401 and "missing" in error
-    status, error = await post("farm", good, {**sdp_headers, "Authorization": "Bearer wrong"})
-    assert status == 401 and "wrong publish key" in error
+    assert await post("farm", good, {**sdp_headers, "Authorization": "Bearer wrong"}) == (401, same)
+    assert await post("cam", good, sdp_headers) == (401, same)  # farm's key is not cam's
+    # Only a key holder learns that the stream takes no WHIP.
+    status, error = await post("cam", good, {**sdp_headers, "Authorization": f"Bearer {cam_key}"})
+    assert status == 409 and "rtsp" in error
     status, error = await post("farm", good, {**sdp_headers, "Authorization": f"Basic {key}"})
     assert status == 401
     status, error = await post("farm", good, {**sdp_headers, "Content-Type": "text/plain"})
@@ -536,8 +545,38 @@ async def test_ice_servers_in_link_headers(aiohttp_client: Any, sqlite_url: str)
         # Not on the preflight: it carries no key, and TURN credentials are for publishers.
         r = await client.options("/whip/farm")
         assert r.status == 204 and "Link" not in r.headers
+        # OPTIONS with the key (RFC 9725 4.6, what the publish page asks before its offer).
+        r = await client.options("/whip/farm", headers={"Authorization": f"Bearer {key}"})
+        assert r.status == 204 and 'credential="turn-secret"' in r.headers["Link"]
+        r = await client.options("/whip/farm", headers={"Authorization": "Bearer wrong"})
+        assert r.status == 401 and "Link" not in r.headers
+        r = await client.options("/whip/nope", headers={"Authorization": f"Bearer {key}"})
+        assert r.status == 401 and "Link" not in r.headers
     finally:
         await pub.close()
+
+    # The pages carry the servers their peer connections use: the player all of them (a
+    # viewer behind a UDP-blocking network needs the TURN server), the publish page only
+    # those without credentials (the TURN server's come with the key, above).
+    stun = {"urls": ["stun:127.0.0.1:9"]}
+    turn = {"urls": ["turn:127.0.0.1:9?transport=udp"], "username": "pub", "credential": "turn-secret"}
+    watch_page = await page_config(client, "/watch/farm")
+    assert watch_page["iceServers"] == [stun, turn]
+    publish_page = await page_config(client, "/publish/farm")
+    assert publish_page["iceServers"] == [stun]
+    assert "turn-secret" not in await (await client.get("/publish/farm")).text()
+    # An unknown stream's player page gives nothing away, TURN credentials included.
+    r = await client.get("/watch/nope")
+    assert r.status == 404 and "turn-secret" not in await r.text()
+
+
+async def page_config(client: TestClient, path: str) -> dict[str, Any]:
+    """The JSON a page's scripts read (<script type="application/json" id="oc-config">)."""
+    r = await client.get(path)
+    assert r.status == 200, path
+    found = re.search(r'<script type="application/json" id="oc-config">(.*?)</script>', await r.text(), re.S)
+    assert found is not None
+    return dict(json.loads(found.group(1)))
 
 
 async def test_viewers_see_the_broadcast_end(client: TestClient) -> None:

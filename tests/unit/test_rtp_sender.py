@@ -11,7 +11,7 @@ from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParam
 from aiortc.rtp import HeaderExtensionsMap, RtpPacket, unwrap_rtx
 
 from stream.rtp.packetizer import FramePayloads
-from stream.rtp.sender import FastRtpSender, HeaderTemplate, ntp_now
+from stream.rtp.sender import DatagramRoute, FastRtpSender, HeaderTemplate, ntp_now
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -149,10 +149,107 @@ def test_gso_runs_arrive_as_separate_datagrams_in_order():
         # shorter last one, and a lone odd one.
         outs = [bytes([i]) * n for i, n in enumerate([1201, 1201, 1200, 1200, 1200, 700, 90])]
         fallback: list[bytes] = []
-        s._send_segmented(tx, outs, rx.getsockname(), lambda d, a: (fallback.append(d), tx.sendto(d, a)))
+        transport = SimpleNamespace(
+            _sock=tx, _buffer=[], sendto=lambda d, a: (fallback.append(d), tx.sendto(d, a))
+        )
+        route = DatagramRoute(
+            SimpleNamespace(protocol=SimpleNamespace(transport=transport), remote_addr=rx.getsockname())
+        )
+        route.send(memoryview(b"".join(outs)), [len(o) for o in outs], s)
         got = [rx.recv(2048) for _ in outs]
         assert got == outs
         assert s.gso_calls >= 1 or not s.gso  # GSO used, or refused by this kernel (fallback)
     finally:
         rx.close()
         tx.close()
+
+
+def srtp_pair() -> tuple[object, object, object]:
+    """Two tx sessions with the same key (the direct path and pylibsrtp's own protect) and
+    the rx session that opens what either made."""
+    import os
+
+    from pylibsrtp import Policy, Session
+
+    key = os.urandom(44)
+    profile = Policy.SRTP_PROFILE_AEAD_AES_256_GCM
+
+    def session(ssrc_type: int) -> Session:
+        return Session(Policy(key=key, ssrc_type=ssrc_type, srtp_profile=profile))
+
+    return (
+        session(Policy.SSRC_ANY_OUTBOUND),
+        session(Policy.SSRC_ANY_OUTBOUND),
+        session(Policy.SSRC_ANY_INBOUND),
+    )
+
+
+def test_direct_srtp_is_byte_for_byte_pylibsrtp_protect():
+    from stream.rtp.sender import SrtpFrameBuffer
+
+    tx, ref, rx = srtp_pair()
+    m = ext_map(MID, ABS)
+    dtls = FakeDtls()
+    dtls._tx_srtp = tx
+    s = fast_sender(dtls, m)
+    payloads = [bytes([i]) * n for i, n in enumerate([1200, 1200, 1199, 700, 1200, 90])]
+    s._send_frame(s._template, FramePayloads(payloads, 0x300))
+    assert s._buffer is not None and s._buffer.direct
+    assert len(dtls.sent) == len(payloads)
+    for (data, _), payload in zip(dtls.sent, payloads, strict=True):
+        plain = s.history_packet(RtpPacket.parse(rx.unprotect(data), m).sequence_number)
+        assert plain is not None and plain.endswith(payload)
+        assert data == ref.protect(plain)  # what aiortc's _send_rtp would have sent
+    # Several fills of a small buffer: same bytes as one.
+    dtls.sent.clear()
+    s._buffer = SrtpFrameBuffer(tx, capacity=3000)
+    s._send_frame(s._template, FramePayloads(payloads, 0x400))
+    seqs = [RtpPacket.parse(rx.unprotect(d), m).sequence_number for d, _ in dtls.sent]
+    assert seqs == [(seqs[0] + i) & 0xFFFF for i in range(len(payloads))]
+    assert all(d == ref.protect(s.history_packet(q)) for (d, _), q in zip(dtls.sent, seqs, strict=True))
+
+
+async def test_fanout_calls_the_sender_directly_once_it_keeps_up():
+    import asyncio
+
+    from aiortc import RTCRtpSender
+    from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+    from stream.fanout import LiveStream
+    from stream.packets import VIDEO_TIME_BASE, make_packet
+    from stream.rtp.packetizer import PayloadCache
+    from stream.rtp.sender import use_fast_sender
+    from stream.settings import StreamSettings
+    from stream.whep import VideoFeedTrack
+
+    m = ext_map(MID, ABS)
+    dtls = FakeDtls()
+    dtls.state = "connected"
+    live = LiveStream("t", StreamSettings())
+    feed = live.add_viewer()
+    s = use_fast_sender(RTCRtpSender(VideoFeedTrack(feed, lambda: None), dtls), PayloadCache())
+    s._RTCRtpSender__rtp_header_extensions_map = m
+    task = asyncio.ensure_future(s._run_rtp(RTCRtpCodecParameters("video/H264", 90_000, payloadType=102)))
+
+    def frame(n: int) -> object:
+        nal = bytes([0x65 if n == 0 else 0x41]) + bytes([n]) * 2500  # two FU-A fragments each
+        return make_packet("video", b"\x00\x00\x00\x01" + nal, n * 3000, VIDEO_TIME_BASE, n == 0, 0.0)
+
+    await asyncio.sleep(0.01)  # the task waits on the feed (activated)
+    for n in range(10):
+        live.publish(frame(n))
+        await asyncio.sleep(0)
+    await asyncio.sleep(0.01)
+    packets = [RtpPacket.parse(d[1:], m) for d, _ in dtls.sent]
+    assert len(packets) == 20
+    assert [p.sequence_number for p in packets] == [
+        (packets[0].sequence_number + i) & 0xFFFF for i in range(20)
+    ]
+    assert [p.marker for p in packets] == [0, 1] * 10
+    assert s.sink_frames == 9  # the first through the queue (it activates the feed), then direct
+    assert feed.delivered == 10 and feed.queued == 0
+    # Not connected any more: the sink refuses, the frame is queued, the task ends on it.
+    dtls._state = State.CLOSED
+    live.publish(frame(10))
+    await asyncio.wait_for(task, 2)
+    assert len(dtls.sent) == 20 and feed._video_sink is None

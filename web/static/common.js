@@ -170,9 +170,9 @@ export async function postOffer(url, sdp, headers = {}) {
   if (response.status !== 201) {
     let detail = '';
     try {
-      // WHIP answers {"error": text}; WHEP {"error": code, "message": text}.
+      // WHIP and WHEP answer {"error": text}, as every endpoint of ours.
       const body = await response.json();
-      detail = body.message || body.error || '';
+      detail = body.error || '';
     } catch {
       // Not JSON (a proxy's error page): the status alone will do.
     }
@@ -192,7 +192,7 @@ export function deleteSession(url, headers = {}, { keepalive = false } = {}) {
   return fetch(url, { method: 'DELETE', headers, keepalive }).catch(() => {});
 }
 
-// The STUN/TURN servers the server announces for WHEP (RFC 9725 4.6: one
+// The STUN/TURN servers a WHIP/WHEP endpoint announces (RFC 9725 4.6: one
 // `Link: <url>; rel="ice-server"; username="…"; credential="…"` per server), read from an
 // OPTIONS request before the offer, since the offer must already be made with them.
 export function parseIceServers(header) {
@@ -210,15 +210,6 @@ export function parseIceServers(header) {
     servers.push(server);
   }
   return servers;
-}
-
-export async function fetchIceServers(url) {
-  try {
-    const response = await fetch(url, { method: 'OPTIONS', cache: 'no-store' });
-    return parseIceServers(response.headers.get('Link'));
-  } catch {
-    return []; // none announced, or the server is unreachable (the POST will say so)
-  }
 }
 
 // H.264 first, constrained baseline with packetization-mode 1 before other profiles:

@@ -11,6 +11,7 @@ import { currentLanguage, onLanguageChange, slug, t } from './common.js';
 const STALE_MS = 2 * 60 * 1000;
 const TREND_EPSILON_C = 0.2; // smaller changes are "steady"
 const root = document.getElementById('telemetry-overlay');
+const page = JSON.parse(document.getElementById('oc-config').textContent);
 
 const state = {
   devices: new Map(), // device_id -> { name }
@@ -149,7 +150,9 @@ function onMessage(event) {
 function connect() {
   clearTimeout(retryTimer);
   const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
-  const socket = new WebSocket(`${scheme}://${location.host}/api/v1/live?stream=${encodeURIComponent(slug)}`);
+  // An unlisted stream's page passes on its share token (the feed checks it too).
+  const share = page.share ? `&share=${encodeURIComponent(page.share)}` : '';
+  const socket = new WebSocket(`${scheme}://${location.host}/api/v1/live?stream=${encodeURIComponent(slug)}${share}`);
   ws = socket;
   socket.addEventListener('message', onMessage);
   socket.addEventListener('close', () => {

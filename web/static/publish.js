@@ -12,6 +12,7 @@ import {
   formatElapsed,
   getJson,
   onLanguageChange,
+  parseIceServers,
   postOffer,
   preferH264,
   slug,
@@ -144,6 +145,32 @@ function forgetKey() {
 }
 
 const auth = (key) => ({ Authorization: `Bearer ${key}` });
+
+// The STUN/TURN servers to publish through. A TURN server's credentials go only to whoever
+// holds the stream's key (RFC 9725 4.6: ICE servers on OPTIONS to authenticated clients);
+// the page itself carries only servers that need none. A refused key is refused here.
+const pageConfig = JSON.parse(document.getElementById('oc-config').textContent);
+
+async function iceServersFor(key) {
+  let response;
+  try {
+    response = await fetch(WHIP_URL, { method: 'OPTIONS', headers: auth(key), cache: 'no-store' });
+  } catch (err) {
+    throw new NetworkError(String(err));
+  }
+  if (response.status === 401 || response.status === 429) {
+    let detail = '';
+    try {
+      detail = (await response.json()).error || '';
+    } catch {
+      // Not JSON: the status says enough.
+    }
+    const after = Number.parseInt(response.headers.get('Retry-After') || '', 10);
+    throw new HttpError(response.status, detail, Number.isFinite(after) ? after : null);
+  }
+  const servers = parseIceServers(response.headers.get('Link'));
+  return servers.length ? servers : pageConfig.iceServers || [];
+}
 
 // -- the camera ----------------------------------------------------------------------------
 
@@ -302,10 +329,18 @@ async function connect(b) {
   if (broadcast !== b) return;
   b.retryTimer = null;
   setState('connecting');
-  // No STUN/TURN here: our server's answer carries its own reachable address, and a
-  // phone behind NAT is found from its first packets (peer-reflexive), so the phone
-  // needs no server of its own to go live.
-  const pc = new RTCPeerConnection({ iceServers: [] });
+  // Our server's answer carries its own reachable address, and a phone behind NAT is
+  // found from its first packets (peer-reflexive), so most phones need no server; the
+  // configured ones help where UDP is blocked or the NAT is strict.
+  let iceServers;
+  try {
+    iceServers = await iceServersFor(b.key);
+  } catch (err) {
+    if (broadcast === b) refused(b, err);
+    return;
+  }
+  if (broadcast !== b) return;
+  const pc = new RTCPeerConnection({ iceServers });
   const res = RESOLUTIONS[els.resolution.value] || RESOLUTIONS[720];
   for (const track of media.getTracks()) {
     const init = { direction: 'sendonly', streams: [media] };

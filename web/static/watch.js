@@ -11,8 +11,6 @@
 import {
   HttpError,
   deleteSession,
-  fetchIceServers,
-  getJson,
   onLanguageChange,
   postOffer,
   slug,
@@ -31,13 +29,26 @@ const els = {
   site: $('site'),
 };
 
-const WHEP_URL = `/whep/${encodeURIComponent(slug)}`;
+// What the server put in the page: the stream's title and site (null: unknown, or an
+// unlisted stream opened without a valid share link), the share token to pass on, and the
+// STUN/TURN servers to use.
+const page = JSON.parse(document.getElementById('oc-config').textContent);
+const share = page.share ? `?share=${encodeURIComponent(page.share)}` : '';
+const WHEP_URL = `/whep/${encodeURIComponent(slug)}${share}`;
+// Built-in streams whose title the catalogs translate (the registry keeps the English one).
+const TITLE_KEYS = { demo: 'watch.demo_title' };
 const STALL_WAITING_MS = 3000; // no new picture this long: say we are waiting
 const STALL_RECONNECT_MS = 8000; // this long: start over (a new session starts at a keyframe)
 const DISCONNECT_GRACE_MS = 4000; // "disconnected" often heals by itself
 const UNKNOWN_RECHECK_S = 30;
 
-const view = { state: 'connecting', retryAt: 0, title: null, site: null };
+const view = {
+  state: 'connecting',
+  retryAt: 0,
+  title: page.stream?.title ?? null,
+  site: page.stream?.site ?? null,
+  builtin: Boolean(page.stream?.builtin && TITLE_KEYS[slug]),
+};
 let session = null; // { pc, location }
 let retryTimer = null;
 let disconnectTimer = null;
@@ -59,7 +70,7 @@ function render() {
   els.playerStatus.textContent = text;
   els.liveBadge.hidden = view.state !== 'live';
   els.unmute.hidden = !(view.state === 'live' && els.video.muted);
-  const title = view.title || slug;
+  const title = view.builtin ? t(TITLE_KEYS[slug]) : view.title || slug;
   els.title.textContent = title;
   document.title = t('watch.page_title', { title });
   els.site.hidden = !view.site;
@@ -97,10 +108,10 @@ async function connect() {
   retryTimer = null;
   endSession();
   // The server's answer carries its reachable address and it learns ours from our first
-  // packets, so no STUN is needed; a TURN server, for viewers whose network blocks UDP,
-  // comes from the server's configuration (empty list: none, and no public STUN either).
-  const iceServers = await fetchIceServers(WHEP_URL);
-  const pc = new RTCPeerConnection({ iceServers });
+  // packets, so STUN is rarely needed; a TURN server, for viewers whose network blocks
+  // UDP, comes from the server's configuration, in the page (empty list: none, and no
+  // public STUN either).
+  const pc = new RTCPeerConnection({ iceServers: page.iceServers || [] });
   pc.addTransceiver('video', { direction: 'recvonly' });
   pc.addTransceiver('audio', { direction: 'recvonly' });
   const stream = new MediaStream();
@@ -177,17 +188,6 @@ function watchdog() {
 
 // -- page set-up ---------------------------------------------------------------------------
 
-async function loadStream() {
-  // Title and site for the heading. A 404 here is not the final word: built-in streams
-  // (the demo's test pattern) are not in the registry; WHEP's answer decides "unknown".
-  const { status, body } = await getJson(`/api/v1/streams/${encodeURIComponent(slug)}`);
-  if (status === 200) {
-    view.title = body.title;
-    view.site = body.site;
-    render();
-  }
-}
-
 function init() {
   if (!window.RTCPeerConnection) {
     setState('unsupported');
@@ -212,7 +212,6 @@ function init() {
     if (!document.hidden && session && Date.now() - progress.at > STALL_RECONNECT_MS) connect();
   });
   setInterval(watchdog, 1000);
-  loadStream();
   render();
   connect();
 }
