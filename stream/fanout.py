@@ -115,14 +115,12 @@ class ViewerFeed:
     __slots__ = (
         "_active",
         "_audio",
-        "_audio_sink",
         "_audio_waiter",
         "_closed",
         "_limit",
         "_skipping",
         "_stream",
         "_video",
-        "_video_sink",
         "_video_waiter",
         "delivered",
         "dropped",
@@ -137,9 +135,6 @@ class ViewerFeed:
         self._audio: deque[MediaPacket] = deque()
         self._video_waiter: asyncio.Future[None] | None = None
         self._audio_waiter: asyncio.Future[None] | None = None
-        # Optional direct consumers (see set_sink).
-        self._video_sink: Callable[[MediaPacket], bool] | None = None
-        self._audio_sink: Callable[[MediaPacket], bool] | None = None
         # True: video is dropped until a keyframe (after an overflow, or when the
         # viewer could not start from the GOP cache).
         self._skipping = False
@@ -188,16 +183,6 @@ class ViewerFeed:
         self.delivered += 1
         return self._audio.popleft()
 
-    def set_sink(self, kind: str, sink: Callable[[MediaPacket], bool] | None) -> None:
-        """Let ``publish`` hand this viewer's ``kind`` packets to ``sink`` directly whenever
-        its queue is empty (a reader that keeps up), saving a future and a task wake-up
-        per packet per viewer. ``sink`` returns False to refuse a packet, which is then
-        queued as usual; it must not raise. None removes it."""
-        if kind == "video":
-            self._video_sink = sink
-        else:
-            self._audio_sink = sink
-
     def request_keyframe(self) -> None:
         """The viewer lost a picture (PLI/FIR): ask the source, through the stream's limiter."""
         self._stream.request_keyframe()
@@ -207,7 +192,6 @@ class ViewerFeed:
             return
         self._closed = True
         self._stream._remove(self)
-        self._video_sink = self._audio_sink = None
         self._video.clear()
         self._audio.clear()
         self._wake_video()
@@ -246,9 +230,6 @@ class ViewerFeed:
                     self.dropped += 1
                     self._skipping = True
                     return
-            if not queue and self._video_sink is not None and self._video_sink(pkt):
-                self.delivered += 1
-                return
             queue.append(pkt)
             if self._video_waiter is not None:
                 self._wake_video()
@@ -258,9 +239,6 @@ class ViewerFeed:
                 # Opus frames stand alone: dropping the oldest is enough.
                 queue.popleft()
                 self.dropped += 1
-            elif not queue and self._audio_sink is not None and self._audio_sink(pkt):
-                self.delivered += 1
-                return
             queue.append(pkt)
             if self._audio_waiter is not None:
                 self._wake_audio()

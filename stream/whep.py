@@ -119,11 +119,6 @@ class _FeedTrack(MediaStreamTrack):
         self._on_ended()
         return MediaStreamError("the stream's feed ended")
 
-    def set_media_sink(self, sink: Callable[[MediaPacket], bool] | None) -> None:
-        """The fast sender's direct path: the fan-out calls ``sink`` with each packet
-        while this viewer keeps up (``ViewerFeed.set_sink``)."""
-        self._feed.set_sink(self.kind, sink)
-
 
 class VideoFeedTrack(_FeedTrack):
     kind = "video"

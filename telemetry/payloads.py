@@ -32,7 +32,8 @@ Decisions (each is tested in tests/unit/test_payloads.py):
   µs). Python's ``fromisoformat`` accepts much more (week dates, ``+0530``, no
   seconds); that is checked structurally first. A naive string is ``bad_ts``.
 - Numbers: bool is never a number, NaN/±Infinity are rejected (orjson already refuses
-  them as JSON, and 1e400), ``seq`` must be an integer in 0..2**63-1 (a BIGINT).
+  them as JSON, and 1e400), ``seq`` must be an integer in 0..2**53-1 (what every JSON
+  reader, a browser verifying the evidence log included, holds exactly).
   ``rh`` must lie in 0..100 %, ``battery_v`` in 0..100 V; a bad optional field rejects
   the whole entry (one entry -> one Reading or one Rejection), it is not dropped.
 - ``null`` for ``ts``/``temp_c`` counts as missing; ``{}``, ``[]`` and an empty or
@@ -140,7 +141,8 @@ _EPOCH: Final = datetime(1970, 1, 1, tzinfo=_UTC)
 _ONE_US: Final = timedelta(microseconds=1)
 _MS_MIN: Final = 100_000_000_000  # epoch ms below this (1973-03-03) are taken as a unit bug
 _FAST_US_MAX: Final = 2**33 * 1_000_000  # fromtimestamp(us / 1e6) is exact below this
-_SEQ_MAX: Final = 2**63 - 1
+# 2**53 - 1: every JSON reader (a browser verifying the evidence log) holds it exactly.
+_SEQ_MAX: Final = 2**53 - 1
 _RH_MAX: Final = 100.0
 _BATTERY_MAX_V: Final = 100.0
 _HEAD_BYTES: Final = 200
@@ -408,7 +410,7 @@ def _seq(v: Any, name: str) -> int:
         raise _Reject("bad_type", f"{name} is {_kind(v)} ({_show(v)}), expected an integer")
     if 0 <= v <= _SEQ_MAX:
         return v
-    raise _Reject("bad_value", f"{name} is {v}, expected an integer in 0..2**63-1")
+    raise _Reject("bad_value", f"{name} is {v}, expected an integer in 0..2**53-1")
 
 
 # --------------------------------------------------------------------------- JSON shapes

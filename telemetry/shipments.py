@@ -189,6 +189,10 @@ class Shipment:
     version: int = 0  # bumped by the store on every save (optimistic concurrency)
     created_at: datetime | None = None
     updated_at: datetime | None = None
+    # The evidence log's shipment_opened / shipment_closed leaves, set by the store in the
+    # transaction that opens or closes the shipment (None: made before the log).
+    opened_leaf: int | None = None
+    closed_leaf: int | None = None
 
     def __post_init__(self) -> None:
         check_shipment_id(self.id)
@@ -232,6 +236,8 @@ class Shipment:
             "segments": [s.to_dict() for s in self.segments],
             "streams": list(self.streams),
             "version": self.version,
+            "opened_leaf": self.opened_leaf,
+            "closed_leaf": self.closed_leaf,
         }
 
 

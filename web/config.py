@@ -18,6 +18,7 @@ from urllib.parse import unquote, urlsplit
 
 from stream.settings import IceServer, StreamSettings
 from telemetry.alerts.settings import AlertServiceSettings, WebhookSettings
+from telemetry.files import FilesSettings
 from telemetry.settings import IngestSettings, MqttSettings, PayloadLimits, StorageSettings
 
 
@@ -33,6 +34,9 @@ class HttpSettings:
     # give the camera only to secure pages). Neither: plain HTTP, e.g. behind a TLS proxy.
     certfile: str | None = None
     keyfile: str | None = None
+    # The address customers reach us at (QR codes on packages point there), e.g.
+    # "https://trust.example.com"; None: taken from each request's Host.
+    public_url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +77,8 @@ class Config:
     # Signs share links of unlisted streams (web.share); None: a key generated once and
     # kept in the stream registry's database.
     secret_key: str | None = field(default=None, repr=False)
+    # Test reports and origin photos (telemetry.files).
+    files: FilesSettings = field(default_factory=FilesSettings)
 
 
 # (section, key) -> (type, default). Env name: ORIGINCAST_<SECTION>_<KEY>, except the two
@@ -120,6 +126,9 @@ _SCHEMA: dict[tuple[str, str], tuple[type, object]] = {
     ("auth", "argon2_memory_kib"): (int, 64 * 1024),
     ("auth", "argon2_parallelism"): (int, 4),
     ("http", "secret_key"): (str, ""),
+    ("http", "public_url"): (str, ""),
+    ("files", "dir"): (str, "origincast-files"),
+    ("files", "max_bytes"): (int, 20 * 1024 * 1024),
     # Comma-separated http(s) URLs that receive every alert event, signed with the secret.
     ("alerts", "webhooks"): (tuple, ()),
     ("alerts", "webhook_secret"): (str, ""),
@@ -296,8 +305,10 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
                 port=int(v[("http", "port")]),  # type: ignore[call-overload]
                 certfile=str(v[("http", "certfile")]) or None,
                 keyfile=str(v[("http", "keyfile")]) or None,
+                public_url=_public_url(str(v[("http", "public_url")])),
             )
         ),
+        files=_files_settings(v),
         storage=StorageSettings(
             url=db_url,
             retention_days=int(v[("database", "retention_days")]),  # type: ignore[call-overload]
@@ -311,6 +322,27 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
         demo_test_pattern=bool(v[("stream", "demo_test_pattern")]),
         secret_key=_secret_key(str(v[("http", "secret_key")])),
     )
+
+
+def _public_url(value: str) -> str | None:
+    if not value:
+        return None
+    parsed = urlsplit(value)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc or parsed.query or parsed.fragment:
+        raise ConfigError(
+            f"ORIGINCAST_HTTP_PUBLIC_URL: expected http(s)://host[:port][/path], got {value!r}"
+        )
+    return value.rstrip("/")
+
+
+def _files_settings(v: Mapping[tuple[str, str], object]) -> FilesSettings:
+    max_bytes = int(v[("files", "max_bytes")])  # type: ignore[call-overload]
+    if not 1024 <= max_bytes <= 1024**3:
+        raise ConfigError(f"ORIGINCAST_FILES_MAX_BYTES: expected 1 KiB to 1 GiB, got {max_bytes}")
+    directory = str(v[("files", "dir")]).strip()
+    if not directory:
+        raise ConfigError("ORIGINCAST_FILES_DIR: must name a directory")
+    return FilesSettings(directory=directory, max_bytes=max_bytes)
 
 
 def check_tls_files(http: HttpSettings) -> HttpSettings:

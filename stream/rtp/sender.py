@@ -8,10 +8,6 @@ transport's ``sendto``. ``FastRtpSender`` replaces only that loop, and makes the
 per-packet part as short as Python allows:
 
 * payloads come from the stream's ``PayloadCache`` (packetized once per stream);
-* frames arrive by a direct call from the fan-out (``set_media_sink`` on the feed
-  track) while the viewer keeps up, so a frame costs one Python call per viewer instead
-  of a future, a task wake-up and three coroutine resumptions; the task's ``await``
-  loop still takes the GOP burst at the start and anything queued behind it;
 * per frame, one header is built (timestamp, SSRC, the negotiated extensions — MID and
   abs-send-time from ``time.time()`` once per frame — with and without the marker);
 * ``SrtpFrameBuffer`` lays a frame's packets back to back in one preallocated C buffer
@@ -75,9 +71,6 @@ assert RTP_HISTORY_SIZE & _HISTORY_MASK == 0, "the history ring is indexed by a 
 
 class MediaTrack(Protocol):
     async def recv_media(self) -> MediaPacket: ...
-
-
-MediaSink = Callable[[MediaPacket], bool]
 
 
 def ntp_now() -> int:
@@ -348,7 +341,6 @@ class FastRtpSender(RTCRtpSender):
     _sizes: list[int]
     fast_packets: int
     gso_calls: int
-    sink_frames: int
     # aiortc's counters for the RTCP sender report and getStats(), written per frame.
     _RTCRtpSender__ntp_timestamp: int
     _RTCRtpSender__rtp_timestamp: int
@@ -366,7 +358,6 @@ class FastRtpSender(RTCRtpSender):
         self._sizes = []
         self.fast_packets = 0
         self.gso_calls = 0
-        self.sink_frames = 0
 
     # -- RTP -----------------------------------------------------------------------------
 
@@ -384,7 +375,6 @@ class FastRtpSender(RTCRtpSender):
         self._seq = random32() % 32768  # as aiortc: the lower half, away from SRTP's wrap
         self._ts_origin = random32()
         payloads = self._payloads
-        sink_track: Any = None
         try:
             while True:
                 track: Any = self.track
@@ -392,49 +382,18 @@ class FastRtpSender(RTCRtpSender):
                     await asyncio.sleep(0.02)
                     continue
                 media = await track.recv_media()
-                if self._enabled:
-                    self._send_frame(template, payloads.get(media))
-                if False and sink_track is not track and hasattr(track, "set_media_sink"):
-                    # The first frame went through the queue (it activates the feed);
-                    # from now on the fan-out calls us directly while we keep up.
-                    if sink_track is not None:
-                        sink_track.set_media_sink(None)
-                    sink_track = track
-                    track.set_media_sink(self._sink(track, template))
+                if not self._enabled:
+                    continue
+                self._send_frame(template, payloads.get(media))
         except (asyncio.CancelledError, ConnectionError, MediaStreamError):
             pass
         except Exception:
             # _rtp_exited must be set whatever happens, or stop() hangs.
             log.exception("fast RTP sender (%s) failed", self.kind)
-        if sink_track is not None:
-            sink_track.set_media_sink(None)
         if self.track:
             self.track.stop()
             setattr(self, _P + "track", None)
         getattr(self, _P + "rtp_exited").set()
-
-    def _sink(self, track: Any, template: HeaderTemplate) -> MediaSink:
-        """The direct path from the fan-out: True if the frame was taken (sent, or dropped
-        as the loop drops it while the sender is disabled); False hands it back to the
-        feed's queue, where the loop meets the same condition and ends as it would have."""
-        payloads = self._payloads
-
-        def take(media: MediaPacket) -> bool:
-            if self.track is not track:
-                return False
-            if not self._enabled:
-                return True
-            try:
-                self._send_frame(template, payloads.get(media))
-            except Exception:
-                # Raised before anything was sent (not connected any more): the sender's
-                # task gets the frame and the same error, and stops.
-                track.set_media_sink(None)
-                return False
-            self.sink_frames += 1
-            return True
-
-        return take
 
     def _current_route(self) -> DatagramRoute:
         """The nominated pair's route, checked per frame (cheap: identities only)."""

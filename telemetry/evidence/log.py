@@ -76,6 +76,19 @@ class EvidenceLog:
 
     # -- append ------------------------------------------------------------------------
 
+    def reserve(self, conn: Any) -> int:
+        """Take the log's lock for the rest of the caller's transaction and return the
+        index the next leaf will get. A writer that must store a leaf's index with the
+        data it covers (readings carry their batch's leaf) calls this before writing,
+        then ``append``; the lock keeps every other appender out in between."""
+        self._storage.require_transaction(conn)
+        cur = conn.cursor()
+        try:
+            self._sync(cur, self._storage.lock_head(cur))
+        finally:
+            cur.close()
+        return self._frontier.size
+
     def append(self, conn: Any, records: Sequence[LeafRecord]) -> list[int]:
         """Add records as leaves in the caller's open transaction; returns their indices.
 

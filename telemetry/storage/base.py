@@ -7,10 +7,12 @@ tier through ``asyncio.to_thread``. Each back end is safe to call from several t
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
+from telemetry.evidence.log import EvidenceLog
 from telemetry.readings import Bucket, Reading, Rejection
 from telemetry.storage.alerts import AlertStore
 from telemetry.storage.shipments import ShipmentStore
@@ -45,6 +47,23 @@ class Store(AlertStore, ShipmentStore, Protocol):
         Returns only after commit. Raises StorageUnavailable when the database is down;
         then nothing of the batch may be assumed stored, and a retry is safe.
         """
+        ...
+
+    @property
+    def evidence(self) -> EvidenceLog:
+        """The evidence log in this database: write_batch appends the leaves covering
+        each batch's new readings in the batch's own transaction."""
+        ...
+
+    def evidence_connection(self) -> AbstractContextManager[Any]:
+        """A DB-API connection for the evidence log's reads and for appends outside
+        ingest (PostgreSQL: autocommit, append inside ``conn.transaction()``; SQLite:
+        the store's connection under its lock, append inside BEGIN IMMEDIATE)."""
+        ...
+
+    def readings_of_leaf(self, device_id: str, leaf: int, ts_first_us: int, ts_last_us: int) -> list[Reading]:
+        """The readings a readings_batch leaf covers (its device and time range, then
+        its index), in time order: what a verifier recomputes the leaf's digest from."""
         ...
 
     def latest(self, device_ids: Sequence[str] | None = None) -> list[Reading]:

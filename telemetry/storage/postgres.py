@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,10 +29,13 @@ from psycopg import errors
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
+from telemetry.evidence.log import EvidenceLog
+from telemetry.evidence.storage import PostgresEvidenceStorage
 from telemetry.readings import Bucket, Reading, Rejection
 from telemetry.settings import StorageSettings
 from telemetry.storage.alerts_postgres import PostgresAlertStore
 from telemetry.storage.base import StorageUnavailable, WriteResult
+from telemetry.storage.evidence_batches import first_of_each_key, plan_batches
 from telemetry.storage.migrate import load_migrations
 from telemetry.storage.shipments_postgres import PostgresShipmentStore
 
@@ -43,23 +47,16 @@ MIGRATION_LOCK_KEY = 0x6F72_6967_6361_7374
 FEATURES = ("timescaledb", "hypertable", "compression", "retention_policy", "continuous_aggregate")
 
 _READING_COLUMNS = "device_id, ts, temp_c, rh, battery_v, door_open, seq"
-_READING_TYPES = ["text", "timestamptz", "float4", "float4", "float4", "bool", "int8"]
-_COPY_READINGS = f"COPY readings ({_READING_COLUMNS}) FROM STDIN (FORMAT BINARY)"
-_STAGE = "readings_incoming"
+# A reading row is the Reading tuple and the index of the evidence leaf covering it.
+_READING_TYPES = ["text", "timestamptz", "float4", "float4", "float4", "bool", "int8", "int8"]
+_COPY_READINGS = f"COPY readings ({_READING_COLUMNS}, evidence_leaf) FROM STDIN (FORMAT BINARY)"
+# The keys of a batch that hit stored ones (a redelivery): which of its readings are new.
+_STAGE = "readings_incoming_keys"
 _CREATE_STAGE = (
-    f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (device_id text, ts timestamptz,"
-    " temp_c real, rh real, battery_v real, door_open boolean, seq bigint,"
-    " ord bigint GENERATED ALWAYS AS IDENTITY)"
-    " ON COMMIT DELETE ROWS"
+    f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (device_id text, ts timestamptz) ON COMMIT DELETE ROWS"
 )
-_COPY_STAGE = f"COPY {_STAGE} ({_READING_COLUMNS}) FROM STDIN (FORMAT BINARY)"
-# ORDER BY: concurrent writers take the key locks in one order, which avoids deadlocks;
-# DISTINCT ON with the arrival ordinal keeps the first of a key repeated in the batch.
-_MERGE_STAGE = (
-    f"INSERT INTO readings ({_READING_COLUMNS})"
-    f" SELECT DISTINCT ON (device_id, ts) {_READING_COLUMNS} FROM {_STAGE} ORDER BY device_id, ts, ord"
-    " ON CONFLICT (device_id, ts) DO NOTHING"
-)
+_COPY_STAGE = f"COPY {_STAGE} (device_id, ts) FROM STDIN (FORMAT BINARY)"
+_STORED_KEYS = f"SELECT k.device_id, k.ts FROM {_STAGE} k JOIN readings r USING (device_id, ts)"
 _INSERT_REJECTION = (
     "INSERT INTO rejected_messages (received_at, topic, payload_head, reason, detail)"
     " VALUES (%s, %s, %s, %s, %s)"
@@ -135,6 +132,19 @@ class PostgresStore(PostgresAlertStore, PostgresShipmentStore):
         self._features: dict[str, bool] | None = None
         self.license: str | None = None  # current_setting('timescaledb.license')
         self.kind = "postgres"
+        # Appends the leaves covering each batch of readings, in the batch's transaction.
+        self._evidence = EvidenceLog(PostgresEvidenceStorage())
+
+    @property
+    def evidence(self) -> EvidenceLog:
+        return self._evidence
+
+    def evidence_connection(self) -> AbstractContextManager[psycopg.Connection]:
+        """A pooled connection (autocommit: use ``conn.transaction()`` to append) for
+        the evidence log's readers and for appenders outside ingest."""
+        if self._pool is None:
+            raise RuntimeError("PostgresStore is not open")
+        return self._pool.connection()
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -177,6 +187,7 @@ class PostgresStore(PostgresAlertStore, PostgresShipmentStore):
                 conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
                 try:
                     applied = self._apply_migrations(conn)
+                    applied += PostgresEvidenceStorage().migrate(conn)
                     self._features = self._setup_timescale(conn)
                 finally:
                     if not conn.closed and not conn.broken:
@@ -402,15 +413,13 @@ class PostgresStore(PostgresAlertStore, PostgresShipmentStore):
                 raise
         return WriteResult(inserted=inserted, duplicates=len(readings) - inserted)
 
-    def _write(self, conn: psycopg.Connection, rows: list[tuple], rejected: list[tuple]) -> int:
-        # Fast path: everything is new (the usual case). One binary COPY, one commit.
+    def _write(self, conn: psycopg.Connection, rows: Sequence[Reading], rejected: list[tuple]) -> int:
+        # Fast path: everything is new (the usual case). The evidence log's lock, one
+        # binary COPY, the batch leaves, one commit.
         try:
             with conn.cursor() as cur:
                 if rows:
-                    with cur.copy(_COPY_READINGS) as copy:
-                        copy.set_types(_READING_TYPES)
-                        for row in rows:
-                            copy.write_row(row)
+                    self._insert_covered(conn, cur, rows)
                 if rejected:
                     cur.executemany(_INSERT_REJECTION, rejected)
             conn.commit()
@@ -432,21 +441,40 @@ class PostgresStore(PostgresAlertStore, PostgresShipmentStore):
                     raise
         raise AssertionError("unreachable")
 
-    def _write_slow(self, conn: psycopg.Connection, rows: list[tuple], rejected: list[tuple]) -> int:
+    def _write_slow(self, conn: psycopg.Connection, rows: Sequence[Reading], rejected: list[tuple]) -> int:
+        unique = first_of_each_key(rows)
         with conn.cursor() as cur:
+            # The log's lock first: every writer takes it before inserting readings, so
+            # no key can be stored by anyone between the check below and the insert.
+            self._evidence.reserve(conn)
             if not self._stage_ready:
                 cur.execute(_CREATE_STAGE)
             with cur.copy(_COPY_STAGE) as copy:
-                copy.set_types(_READING_TYPES)
-                for row in rows:
-                    copy.write_row(row)
-            cur.execute(_MERGE_STAGE)
-            inserted = cur.rowcount
+                copy.set_types(["text", "timestamptz"])
+                for r in unique:
+                    copy.write_row((r.device_id, r.ts))
+            cur.execute(_STORED_KEYS)
+            stored = set(cur.fetchall())
+            new = [r for r in unique if (r.device_id, r.ts) not in stored]
+            if new:
+                self._insert_covered(conn, cur, new)
             if rejected:
                 cur.executemany(_INSERT_REJECTION, rejected)
         # the temp table survives the commit (only its rows go); it dies with the session
         self._stage_ready = True
-        return inserted
+        return len(new)
+
+    def _insert_covered(self, conn: psycopg.Connection, cur: psycopg.Cursor, rows: Sequence[Reading]) -> None:
+        """COPY new readings with the evidence leaves that cover them, in the caller's
+        transaction (see telemetry.storage.evidence_batches)."""
+        plan = plan_batches(rows, self._evidence.reserve(conn))
+        with cur.copy(_COPY_READINGS) as copy:
+            copy.set_types(_READING_TYPES)
+            for row in plan.rows:
+                copy.write_row(row)
+        indices = self._evidence.append(conn, plan.records)
+        if indices != plan.indices:  # the lock makes this impossible; a bug if not
+            raise RuntimeError(f"evidence leaves got {indices[:3]}…, planned {plan.indices[:3]}…")
 
     def _writer_connection(self) -> psycopg.Connection:
         if self._pool is None:
@@ -494,6 +522,15 @@ class PostgresStore(PostgresAlertStore, PostgresShipmentStore):
                 " ORDER BY l.device_id",
                 (sorted(set(device_ids)),),
             )
+        return [_reading(row) for row in rows]
+
+    def readings_of_leaf(self, device_id: str, leaf: int, ts_first_us: int, ts_last_us: int) -> list[Reading]:
+        rows = self._query(
+            "SELECT device_id, ts, temp_c, rh, battery_v, door_open, seq FROM readings"
+            f" WHERE device_id = %s AND ts BETWEEN {_EPOCH_SQL} + %s * interval '1 microsecond'"
+            f" AND {_EPOCH_SQL} + %s * interval '1 microsecond' AND evidence_leaf = %s ORDER BY ts",
+            (device_id, ts_first_us, ts_last_us, leaf),
+        )
         return [_reading(row) for row in rows]
 
     def history(

@@ -10,10 +10,17 @@ from typing import Any
 import psycopg
 from psycopg import errors
 
-from telemetry.shipments import Segment, Shipment, ShipmentConflict
+from telemetry.evidence.log import EvidenceLog
+from telemetry.shipments import Segment, Shipment, ShipmentConflict, ShipmentState
 from telemetry.storage.alerts import ALERT_COLUMNS, AlertRecord, AuditRecord
 from telemetry.storage.alerts_postgres import _record
-from telemetry.storage.shipments import SHIPMENT_COLUMNS
+from telemetry.storage.shipments import (
+    SHIPMENT_COLUMNS,
+    SHIPMENT_SELECT,
+    closed_record,
+    opened_record,
+    profile_record,
+)
 
 
 def _utc(t: datetime | None) -> datetime | None:
@@ -68,17 +75,37 @@ def _load(conn: psycopg.Connection, rows: Sequence[Sequence[Any]]) -> list[Shipm
             version=version,
             created_at=_utc(created),
             updated_at=_utc(updated),
+            opened_leaf=opened_leaf,
+            closed_leaf=closed_leaf,
         )
-        for sid, product, batch, site, profile, state, opened, closed, version, created, updated in rows
+        for (
+            sid,
+            product,
+            batch,
+            site,
+            profile,
+            state,
+            opened,
+            closed,
+            version,
+            created,
+            updated,
+            opened_leaf,
+            closed_leaf,
+        ) in rows
     ]
 
 
 class PostgresShipmentStore:
     # Provided by PostgresStore through PostgresAlertStore (the query pool).
     _alert_tx: Callable[[Callable[[psycopg.Connection], Any]], Any]
+    # Provided by PostgresStore: its shipment_opened / shipment_closed leaves are appended
+    # in the shipment's own transaction, so a shipment never exists without its leaf.
+    evidence: EvidenceLog
 
     def create_shipment(self, shipment: Shipment) -> Shipment:
         s = shipment
+        opened = opened_record(s, profile_record(self, s.profile_id))
 
         def write(conn: psycopg.Connection) -> list[Shipment]:
             try:
@@ -100,7 +127,9 @@ class PostgresShipmentStore:
             except errors.UniqueViolation:
                 raise ShipmentConflict(f"shipment id {s.id!r} is taken") from None
             _write_children(conn, s)
-            rows = conn.execute(f"SELECT {SHIPMENT_COLUMNS} FROM shipments WHERE id = %s", (s.id,)).fetchall()
+            (leaf,) = self.evidence.append(conn, [opened])
+            conn.execute("UPDATE shipments SET opened_leaf = %s WHERE id = %s", (leaf, s.id))
+            rows = conn.execute(f"SELECT {SHIPMENT_SELECT} FROM shipments WHERE id = %s", (s.id,)).fetchall()
             return _load(conn, rows)
 
         return self._alert_tx(write)[0]
@@ -108,7 +137,7 @@ class PostgresShipmentStore:
     def get_shipment(self, shipment_id: str) -> Shipment | None:
         def read(conn: psycopg.Connection) -> list[Shipment]:
             rows = conn.execute(
-                f"SELECT {SHIPMENT_COLUMNS} FROM shipments WHERE id = %s", (shipment_id,)
+                f"SELECT {SHIPMENT_SELECT} FROM shipments WHERE id = %s", (shipment_id,)
             ).fetchall()
             return _load(conn, rows)
 
@@ -125,7 +154,7 @@ class PostgresShipmentStore:
         if origin_site is not None:
             where.append("origin_site = %s")
             params.append(origin_site)
-        sql = f"SELECT {SHIPMENT_COLUMNS} FROM shipments"
+        sql = f"SELECT {SHIPMENT_SELECT} FROM shipments"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY opened_at DESC, id LIMIT %s"
@@ -134,6 +163,8 @@ class PostgresShipmentStore:
 
     def save_shipment(self, shipment: Shipment) -> Shipment:
         s = shipment
+        # Closing (the only way to the closed state) appends the shipment_closed leaf.
+        closing = closed_record(s) if s.state is ShipmentState.CLOSED and s.closed_leaf is None else None
 
         def write(conn: psycopg.Connection) -> list[Shipment]:
             cur = conn.execute(
@@ -157,7 +188,10 @@ class PostgresShipmentStore:
                     f"shipment {s.id} changed since it was read (or is gone); read it again"
                 )
             _write_children(conn, s)
-            rows = conn.execute(f"SELECT {SHIPMENT_COLUMNS} FROM shipments WHERE id = %s", (s.id,)).fetchall()
+            if closing is not None:
+                (leaf,) = self.evidence.append(conn, [closing])
+                conn.execute("UPDATE shipments SET closed_leaf = %s WHERE id = %s", (leaf, s.id))
+            rows = conn.execute(f"SELECT {SHIPMENT_SELECT} FROM shipments WHERE id = %s", (s.id,)).fetchall()
             return _load(conn, rows)
 
         return self._alert_tx(write)[0]

@@ -10,10 +10,17 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from telemetry.shipments import Segment, Shipment, ShipmentConflict
+from telemetry.evidence.log import EvidenceLog
+from telemetry.shipments import Segment, Shipment, ShipmentConflict, ShipmentState
 from telemetry.storage.alerts import ALERT_COLUMNS, AlertRecord, AuditRecord
 from telemetry.storage.alerts_sqlite import _record
-from telemetry.storage.shipments import SHIPMENT_COLUMNS
+from telemetry.storage.shipments import (
+    SHIPMENT_COLUMNS,
+    SHIPMENT_SELECT,
+    closed_record,
+    opened_record,
+    profile_record,
+)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -48,11 +55,14 @@ class SqliteShipmentStore:
     # Provided by SqliteStore through SqliteAlertStore (one lock, one connection).
     _alert_tx: Callable[[Callable[[sqlite3.Connection], Any]], Any]
     _alert_read: Callable[[Callable[[sqlite3.Connection], Any]], Any]
+    # Provided by SqliteStore: shipment leaves are appended in the shipment's transaction.
+    evidence: EvidenceLog
 
     def _load(self, conn: sqlite3.Connection, rows: Sequence[Sequence[Any]]) -> list[Shipment]:
         out = []
         for row in rows:
-            sid, product, batch, site, profile, state, opened, closed, version, created, updated = row
+            sid, product, batch, site, profile, state, opened, closed, version, created, updated = row[:11]
+            opened_leaf, closed_leaf = row[11:13]
             segs = conn.execute(
                 "SELECT device_id, start_at, end_at, label FROM shipment_segments"
                 " WHERE shipment_id = ? ORDER BY position",
@@ -76,6 +86,8 @@ class SqliteShipmentStore:
                     version=version,
                     created_at=_dt(created),
                     updated_at=_dt(updated),
+                    opened_leaf=opened_leaf,
+                    closed_leaf=closed_leaf,
                 )
             )
         return out
@@ -83,6 +95,8 @@ class SqliteShipmentStore:
     def create_shipment(self, shipment: Shipment) -> Shipment:
         now = time.time_ns() // 1000
         s = shipment
+        # read before the transaction: the store's lock is held inside it
+        opened = opened_record(s, profile_record(self, s.profile_id))
 
         def write(conn: sqlite3.Connection) -> None:
             try:
@@ -104,6 +118,8 @@ class SqliteShipmentStore:
             except sqlite3.IntegrityError:
                 raise ShipmentConflict(f"shipment id {s.id!r} is taken") from None
             _write_children(conn, s)
+            (leaf,) = self.evidence.append(conn, [opened])
+            conn.execute("UPDATE shipments SET opened_leaf = ? WHERE id = ?", (leaf, s.id))
 
         self._alert_tx(write)
         got = self.get_shipment(s.id)
@@ -112,7 +128,7 @@ class SqliteShipmentStore:
 
     def get_shipment(self, shipment_id: str) -> Shipment | None:
         def read(conn: sqlite3.Connection) -> list[Shipment]:
-            rows = conn.execute(f"SELECT {SHIPMENT_COLUMNS} FROM shipments WHERE id = ?", (shipment_id,))
+            rows = conn.execute(f"SELECT {SHIPMENT_SELECT} FROM shipments WHERE id = ?", (shipment_id,))
             return self._load(conn, rows.fetchall())
 
         found = self._alert_read(read)
@@ -128,7 +144,7 @@ class SqliteShipmentStore:
         if origin_site is not None:
             where.append("origin_site = ?")
             params.append(origin_site)
-        sql = f"SELECT {SHIPMENT_COLUMNS} FROM shipments"
+        sql = f"SELECT {SHIPMENT_SELECT} FROM shipments"
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY opened_at DESC, id LIMIT ?"
@@ -142,6 +158,8 @@ class SqliteShipmentStore:
     def save_shipment(self, shipment: Shipment) -> Shipment:
         s = shipment
         now = time.time_ns() // 1000
+        # Closing (the only way to the closed state) appends the shipment_closed leaf.
+        closing = closed_record(s) if s.state is ShipmentState.CLOSED and s.closed_leaf is None else None
 
         def write(conn: sqlite3.Connection) -> None:
             cur = conn.execute(
@@ -166,6 +184,9 @@ class SqliteShipmentStore:
                     f"shipment {s.id} changed since it was read (or is gone); read it again"
                 )
             _write_children(conn, s)
+            if closing is not None:
+                (leaf,) = self.evidence.append(conn, [closing])
+                conn.execute("UPDATE shipments SET closed_leaf = ? WHERE id = ?", (leaf, s.id))
 
         self._alert_tx(write)
         got = self.get_shipment(s.id)

@@ -7,18 +7,22 @@ Timestamps are INTEGER microseconds since the Unix epoch, UTC.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from telemetry.evidence.log import EvidenceLog
+from telemetry.evidence.storage import SqliteEvidenceStorage
 from telemetry.readings import Bucket, Reading, Rejection
 from telemetry.settings import StorageSettings
 from telemetry.storage.alerts_sqlite import SqliteAlertStore
 from telemetry.storage.base import StorageUnavailable, WriteResult
+from telemetry.storage.evidence_batches import plan_batches
 from telemetry.storage.migrate import load_migrations, split_sqlite_statements
 from telemetry.storage.shipments_sqlite import SqliteShipmentStore
 
@@ -29,8 +33,8 @@ _US = timedelta(microseconds=1)
 
 _INSERT_READING = (
     "INSERT OR IGNORE INTO readings"
-    " (device_id, ts, temp_c, rh, battery_v, door_open, seq, received_at)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    " (device_id, ts, temp_c, rh, battery_v, door_open, seq, received_at, evidence_leaf)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_REJECTION = (
     "INSERT INTO rejected_messages (received_at, topic, payload_head, reason, detail)"
@@ -96,6 +100,19 @@ class SqliteStore(SqliteAlertStore, SqliteShipmentStore):
         self._path = database_path(settings.url)
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
+        # Appends the leaves covering each batch of readings, in the batch's transaction.
+        self._evidence = EvidenceLog(SqliteEvidenceStorage())
+
+    @property
+    def evidence(self) -> EvidenceLog:
+        return self._evidence
+
+    @contextlib.contextmanager
+    def evidence_connection(self) -> Iterator[sqlite3.Connection]:
+        """The store's one connection, held under its lock (SQLite has one writer) for
+        the evidence log's readers and for appenders outside ingest."""
+        with self._lock:
+            yield self._connection()
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -173,6 +190,7 @@ class SqliteStore(SqliteAlertStore, SqliteShipmentStore):
                     if done is None:
                         log.info("sqlite migration applied: %s", migration.name)
                         applied.append(migration.name)
+                applied += SqliteEvidenceStorage().migrate(conn)
             except sqlite3.OperationalError as exc:
                 raise StorageUnavailable(f"sqlite migrate failed: {exc}") from exc
         return applied
@@ -183,19 +201,6 @@ class SqliteStore(SqliteAlertStore, SqliteShipmentStore):
         self, readings: Sequence[Reading], rejections: Sequence[Rejection]
     ) -> WriteResult:
         received_at = time.time_ns() // 1000
-        rows = [
-            (
-                r.device_id,
-                to_us(r.ts),
-                r.temp_c,
-                r.rh,
-                r.battery_v,
-                None if r.door_open is None else int(r.door_open),
-                r.seq,
-                received_at,
-            )
-            for r in readings
-        ]
         rejected = [
             (
                 to_us(j.received_at),
@@ -211,12 +216,7 @@ class SqliteStore(SqliteAlertStore, SqliteShipmentStore):
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    before = conn.total_changes
-                    if rows:
-                        # OR IGNORE: the first of equal keys wins, in the batch and across
-                        # batches; total_changes counts only rows really inserted.
-                        conn.executemany(_INSERT_READING, rows)
-                    inserted = conn.total_changes - before
+                    inserted = self._insert_covered(conn, readings, received_at) if readings else 0
                     if rejected:
                         conn.executemany(_INSERT_REJECTION, rejected)
                     conn.execute("COMMIT")
@@ -227,7 +227,29 @@ class SqliteStore(SqliteAlertStore, SqliteShipmentStore):
             except sqlite3.OperationalError as exc:
                 # locked past busy_timeout, disk full, I/O error: retry later
                 raise StorageUnavailable(f"sqlite write failed: {exc}") from exc
-        return WriteResult(inserted=inserted, duplicates=len(rows) - inserted)
+        return WriteResult(inserted=inserted, duplicates=len(readings) - inserted)
+
+    def _insert_covered(self, conn: sqlite3.Connection, readings: Sequence[Reading], received_at: int) -> int:
+        """Insert the new readings with the evidence leaves covering them (see
+        telemetry.storage.evidence_batches), in the caller's BEGIN IMMEDIATE."""
+        first = self._evidence.reserve(conn)
+        leaf_of: dict[str, int] = {}
+        new: list[Reading] = []
+        for r in readings:
+            # OR IGNORE: the first of equal keys wins, in the batch and across batches. A
+            # device's leaf is the next free index when its first new reading goes in,
+            # the order plan_batches numbers them in.
+            leaf = leaf_of.get(r.device_id, first + len(leaf_of))
+            door = None if r.door_open is None else int(r.door_open)
+            row = (r.device_id, to_us(r.ts), r.temp_c, r.rh, r.battery_v, door, r.seq, received_at, leaf)
+            if conn.execute(_INSERT_READING, row).rowcount == 1:
+                leaf_of.setdefault(r.device_id, leaf)
+                new.append(r)
+        if new:
+            plan = plan_batches(new, first)
+            if self._evidence.append(conn, plan.records) != plan.indices:
+                raise RuntimeError("evidence leaves out of step with the readings they cover")
+        return len(new)
 
     # -- queries -----------------------------------------------------------------------
 
@@ -254,6 +276,14 @@ class SqliteStore(SqliteAlertStore, SqliteShipmentStore):
                     " ORDER BY ts DESC LIMIT 1",
                     (device_id,),
                 )
+        return [_reading(row) for row in rows]
+
+    def readings_of_leaf(self, device_id: str, leaf: int, ts_first_us: int, ts_last_us: int) -> list[Reading]:
+        rows = self._query(
+            "SELECT device_id, ts, temp_c, rh, battery_v, door_open, seq FROM readings"
+            " WHERE device_id = ? AND ts BETWEEN ? AND ? AND evidence_leaf = ? ORDER BY ts",
+            (device_id, ts_first_us, ts_last_us, leaf),
+        )
         return [_reading(row) for row in rows]
 
     def history(

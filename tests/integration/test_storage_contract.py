@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
+from telemetry.evidence.storage import load_migrations as load_evidence_migrations
 from telemetry.readings import Bucket, Reading, Rejection
 from telemetry.settings import StorageSettings
 from telemetry.storage import StorageUnavailable, WriteResult, open_store
@@ -80,7 +81,9 @@ def test_migrate_is_idempotent_and_records_versions(db_url: str, backend: str) -
     expected = [(m.version, m.name) for m in load_migrations(dialect)]
     s = make_store(db_url)
     try:
-        assert s.migrate() == [name for _, name in expected]
+        # the store's own, then the evidence log's (kept in its own package and table)
+        evidence = [name for _, name, _ in load_evidence_migrations(dialect)]
+        assert s.migrate() == [name for _, name in expected] + evidence
         assert s.migrate() == []
     finally:
         s.close()
@@ -119,8 +122,10 @@ def test_concurrent_migrations_apply_each_version_once(db_url: str, backend: str
     assert failures == []
     dialect = "sqlite" if backend == "sqlite" else "postgres"
     names = [m.name for m in load_migrations(dialect)]
-    assert sorted(n for applied in results for n in applied) == sorted(names)
+    evidence = [name for _, name, _ in load_evidence_migrations(dialect)]
+    assert sorted(n for applied in results for n in applied) == sorted(names + evidence)
     assert len(raw_rows(db_url, "SELECT version FROM schema_migrations")) == len(names)
+    assert len(raw_rows(db_url, "SELECT version FROM evidence_schema_migrations")) == len(evidence)
 
 
 def test_kind_and_features(store, db_url: str, backend: str) -> None:

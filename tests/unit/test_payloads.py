@@ -255,9 +255,9 @@ def test_bad_ts_long_string_is_shortened_in_detail():
         ({"ts": NOW_MS, "temp_c": 3.4, "seq": True}, "bad_type",
          "seq is a boolean (true), expected an integer"),
         ({"ts": NOW_MS, "temp_c": 3.4, "seq": -1}, "bad_value",
-         "seq is -1, expected an integer in 0..2**63-1"),
-        ({"ts": NOW_MS, "temp_c": 3.4, "seq": 2**63}, "bad_value",
-         "seq is 9223372036854775808, expected an integer in 0..2**63-1"),
+         "seq is -1, expected an integer in 0..2**53-1"),
+        ({"ts": NOW_MS, "temp_c": 3.4, "seq": 2**53}, "bad_value",
+         "seq is 9007199254740992, expected an integer in 0..2**53-1"),
         ({"ts": NOW_MS, "temp_c": 3.4, "rh": 100.5}, "bad_value", "rh is 100.5 %, outside 0..100 %"),
         ({"ts": NOW_MS, "temp_c": 3.4, "rh": -1}, "bad_value", "rh is -1.0 %, outside 0..100 %"),
         ({"ts": NOW_MS, "temp_c": 3.4, "battery_v": -0.1}, "bad_value",
@@ -626,7 +626,7 @@ def test_thingsboard_array_and_string_ts():
         ({"ts": NOW_MS, "values": {"temperature": 1, "door": 0}}, "bad_type",
          "values.door is an integer (0), expected true or false"),
         ({"ts": NOW_MS, "values": {"temperature": 1, "seq": -3}}, "bad_value",
-         "values.seq is -3, expected an integer in 0..2**63-1"),
+         "values.seq is -3, expected an integer in 0..2**53-1"),
         ({"ts": NOW_S, "values": {"temperature": 1}}, "bad_ts",
          "ts 1795507200 looks like epoch seconds; epoch milliseconds are expected "
          "(e.g. 1795507200000)"),
@@ -1023,7 +1023,7 @@ def valid_readings(draw, *, ms_only: bool, with_seq: bool = True, max_size: int 
             draw(st.none() | st.floats(0.0, 100.0)),
             draw(st.none() | st.floats(0.0, 100.0)),
             draw(st.none() | st.booleans()),
-            draw(st.none() | st.integers(0, 2**63 - 1)) if with_seq else None,
+            draw(st.none() | st.integers(0, 2**53 - 1)) if with_seq else None,
         )
         for off in offs
     ]
@@ -1277,7 +1277,7 @@ def check_invariants(result, topic, payload, limits, now):
         assert r.rh is None or (type(r.rh) is float and 0.0 <= r.rh <= 100.0)
         assert r.battery_v is None or (type(r.battery_v) is float and 0.0 <= r.battery_v <= 100)
         assert r.door_open is None or type(r.door_open) is bool
-        assert r.seq is None or (type(r.seq) is int and 0 <= r.seq < 2**63)
+        assert r.seq is None or (type(r.seq) is int and 0 <= r.seq < 2**53)
     for j in result.rejections:
         assert type(j) is Rejection
         assert j.reason in REASONS and j.reason != "internal_error", j
