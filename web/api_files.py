@@ -21,6 +21,7 @@ import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote, unquote
 
 import orjson
 from aiohttp import BodyPartReader, web
@@ -37,7 +38,14 @@ BATCH_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}"
 CHUNK = 256 * 1024
 # Multipart headers and small fields around the file: what a body may add to max_bytes.
 MULTIPART_OVERHEAD = 64 * 1024
-_STATUS = {400: web.HTTPBadRequest, 413: web.HTTPRequestEntityTooLarge, 415: web.HTTPUnsupportedMediaType}
+
+
+class _TooLarge(web.HTTPClientError):
+    # aiohttp's HTTPRequestEntityTooLarge wants sizes we do not know yet mid-stream
+    status_code = 413
+
+
+_STATUS = {400: web.HTTPBadRequest, 413: _TooLarge, 415: web.HTTPUnsupportedMediaType}
 
 
 def _json(body: object, status: int = 200) -> web.Response:
@@ -72,9 +80,13 @@ class FilesApi:
         if request.content_length is not None and request.content_length > (
             self._blobs.max_bytes + MULTIPART_OVERHEAD
         ):
-            raise json_error(web.HTTPRequestEntityTooLarge, f"the file is larger than {self._blobs.max_bytes} bytes")
+            raise json_error(
+                web.HTTPRequestEntityTooLarge, f"the file is larger than {self._blobs.max_bytes} bytes"
+            )
         if not request.content_type.startswith("multipart/form-data"):
-            raise json_error(web.HTTPUnsupportedMediaType, "send multipart/form-data with kind and file fields")
+            raise json_error(
+                web.HTTPUnsupportedMediaType, "send multipart/form-data with kind and file fields"
+            )
         fields, writer, declared_name = await self._read_form(request)
         try:
             kind = self._kind(fields)
@@ -132,7 +144,8 @@ class FilesApi:
                     if writer is not None:
                         raise json_error(web.HTTPBadRequest, "file: send one file per upload")
                     writer = await asyncio.to_thread(self._blobs.receive)
-                    name = part.filename
+                    # aiohttp's client percent-encodes non-ASCII names; browsers send UTF-8
+                    name = unquote(part.filename) if part.filename else None
                     await self._stream(part, writer)
                 elif part.name in ("kind", "shipment_id"):
                     raw = await part.read(decode=True)
@@ -181,7 +194,8 @@ class FilesApi:
             raise json_error(web.HTTPBadRequest, f"shipment_id: no shipment {sid!r}")
         if shipment.batch != batch:
             raise json_error(
-                web.HTTPBadRequest, f"shipment_id: shipment {sid} carries batch {shipment.batch!r}, not {batch!r}"
+                web.HTTPBadRequest,
+                f"shipment_id: shipment {sid} carries batch {shipment.batch!r}, not {batch!r}",
             )
         return sid
 
@@ -224,12 +238,10 @@ class FilesApi:
 
 
 def public_file(f: StoredFile) -> dict[str, Any]:
-    """What anyone may see of an upload: not who uploaded it (an account name)."""
-    d = f.to_dict()
-    return d
+    """What anyone may see of an upload (StoredFile.to_dict leaves out the uploader's
+    account name)."""
+    return f.to_dict()
 
 
 def _rfc5987(name: str) -> str:
-    from urllib.parse import quote
-
     return quote(name, safe="")

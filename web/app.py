@@ -7,7 +7,7 @@ import contextlib
 import importlib.metadata
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 
 from aiohttp import web
@@ -15,19 +15,22 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from stream.hub import StreamHub
 from stream.ice import IcePolicy, install_host_address_hook
-from stream.metrics import register_stream_metrics
+from stream.metrics import StreamCollector
 from stream.registry import Stream, StreamRepository, effective_links
 from stream.registry_sql import open_stream_repository
 from stream.sources.testpattern import TestPatternSource
 from stream.whep import WhepService
 from telemetry.alerts.metrics import AlertMetrics
 from telemetry.alerts.service import AlertService
+from telemetry.files import BlobStore
 from telemetry.ingest import Ingester
 from telemetry.metrics import IngestMetrics
 from telemetry.storage import Store, open_store
 from web.accounts import AccountService, SessionPolicy, password_hasher
 from web.accounts_sql import open_account_repository
 from web.api_alerts import ALERTS, AlertsApi
+from web.api_evidence import EvidenceApi
+from web.api_files import FilesApi
 from web.api_fleet import FleetApi
 from web.api_session import SessionApi
 from web.api_shipments import ShipmentsApi
@@ -37,13 +40,16 @@ from web.auth import Authenticator
 from web.config import Config
 from web.demo import DEMO_SLUG, ensure_demo_stream
 from web.errors import refuse_control_characters
+from web.evidence import EvidenceService
 from web.live import StreamSensors, install_live_feed
 from web.media_whep import add_whep_routes
 from web.media_whip import WhipEndpoints
 from web.openapi import build_document
 from web.pages import add_page_routes
 from web.permissions import permissions_middleware
+from web.qr import QrApi
 from web.share import ShareLinks
+from web.trust import StreamInfo, TrustApi, TrustPage, evidence_of
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +65,8 @@ AUTH = web.AppKey("auth", Authenticator)
 ACCOUNTS = web.AppKey("accounts", AccountService)
 WHIP = web.AppKey("whip", WhipEndpoints)
 SHARE = web.AppKey("share", ShareLinks)
+FILES = web.AppKey("files", FilesApi)
+EVIDENCE = web.AppKey("evidence", EvidenceService)
 
 RETENTION_EVERY_S = 3600.0
 
@@ -69,6 +77,9 @@ def build_app(config: Config, *, with_ingest: bool = True) -> web.Application:
     app[REGISTRY] = CollectorRegistry()
     app[STARTED_AT] = time.time()
     app.cleanup_ctx.append(_store_ctx)
+    # The evidence log's checkpoints and the appends made outside ingest (web.evidence).
+    app.cleanup_ctx.append(_evidence_ctx)
+    EvidenceApi(lambda: app[EVIDENCE], lambda: app[STORE]).register(app.router)
     # Users, sessions and API tokens (opened and migrated in _accounts_ctx); every route
     # is checked against web.permissions' table before its handler runs.
     app[ACCOUNTS] = AccountService(
@@ -88,8 +99,7 @@ def build_app(config: Config, *, with_ingest: bool = True) -> web.Application:
     # The hub and WHEP sessions are plain objects (no I/O until used): made here so the
     # routes can hold them; _stream_ctx closes them. The registry's lookup reaches
     # WhepService in _add_stream_registry (idle registered streams answer 409, not 404).
-    app[STREAM_HUB] = StreamHub(config.stream)
-    register_stream_metrics(app[REGISTRY], app[STREAM_HUB])  # per-stream gauges, read at scrape
+    app[STREAM_HUB] = StreamHub(config.stream)  # its per-stream gauges are added at scrape (metrics)
     app[WHEP] = WhepService(app[STREAM_HUB], IcePolicy(config.stream))
     app.cleanup_ctx.append(_stream_ctx)
     if config.demo_test_pattern:
@@ -102,6 +112,7 @@ def build_app(config: Config, *, with_ingest: bool = True) -> web.Application:
     AlertsApi(app[AUTH], lambda: app[STORE], lambda: app.get(ALERTS)).register(app.router)
     FleetApi(app[AUTH], lambda: app[STORE], lambda: app.get(ALERTS)).register(app.router)  # the console
     ShipmentsApi(app[AUTH], lambda: app[STORE]).register(app.router)  # shipments and their reports
+    _add_trust(app, config)
     # The WebSocket live feed (readings and alert events from MQTT); after the store and
     # the registry in cleanup_ctx, so it opens after them and closes before them.
     install_live_feed(
@@ -123,6 +134,17 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     app[STORE] = store
     yield
     await asyncio.to_thread(store.close)
+
+
+async def _evidence_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    service = EvidenceService.from_key_file(
+        app[STORE], config.evidence_key_file, config.evidence_checkpoint_interval_s
+    )
+    await service.start()
+    app[EVIDENCE] = service
+    yield
+    await service.stop()
 
 
 async def _accounts_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -216,6 +238,33 @@ def _add_stream_registry(app: web.Application, config: Config) -> None:
     app.cleanup_ctx.append(_registry_ctx)
 
 
+def _add_trust(app: web.Application, config: Config) -> None:
+    """Test reports and origin photos, the public trust page /v/<id> with its endpoint,
+    and the QR codes that lead there (web.trust, web.api_files, web.qr)."""
+    files = app[FILES] = FilesApi(app[AUTH], lambda: app[STORE], BlobStore(config.files))
+    files.register(app.router)
+
+    async def public_streams(slugs: Sequence[str]) -> list[StreamInfo]:
+        out = []
+        for slug in slugs:
+            stream = await asyncio.to_thread(app[STREAMS].get, slug)
+            if stream is None or stream.visibility != "public":
+                continue  # an unlisted stream is shown only with its share link
+            live = app[STREAM_HUB].get(slug)
+            out.append(StreamInfo(slug, stream.title, live is not None and live.state().status == "live"))
+        return out
+
+    TrustApi(lambda: app[STORE], files.catalog, lambda: evidence_of(app), public_streams).register(app.router)
+    TrustPage().register(app.router)
+    QrApi(lambda: app[STORE], lambda: evidence_of(app), config.http.public_url).register(app.router)
+    app.cleanup_ctx.append(_files_ctx)
+
+
+async def _files_ctx(app: web.Application) -> AsyncIterator[None]:
+    await asyncio.to_thread(app[FILES].blobs.open)
+    yield
+
+
 def _stream_sensors(app: web.Application) -> Callable[[str, str | None], Awaitable[StreamSensors | None]]:
     """(slug, share token) -> the stream's linked sites and devices, for the live feed;
     None for an unknown stream and for an unlisted one without a valid share token alike."""
@@ -291,5 +340,22 @@ def _version() -> str:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    data = generate_latest(request.app[REGISTRY])
+    """Prometheus text. /metrics is public (a scraper holds no login), so the per-stream
+    gauges name only streams anyone may know of: an unlisted stream's slug is what its
+    share links guard, and a label would give it away. Streams the registry does not know
+    (a relay fed directly, as bench/stream_relay.py does) are public, as for WHEP."""
+    states = request.app[STREAM_HUB].states()  # taken first: a stream made unlisted after is hidden
+    try:
+        streams = await asyncio.to_thread(request.app[STREAMS].list_streams, include_unlisted=True)
+    except Exception:
+        # The database is down: the ingest figures matter most now; leave the streams out
+        # rather than guess which are public.
+        log.warning("metrics: stream registry unavailable, per-stream gauges left out", exc_info=True)
+        states = []
+        streams = []
+    hidden = {s.slug for s in streams if s.visibility != "public"}
+    shown = [s for s in states if s.slug not in hidden]
+    per_scrape = CollectorRegistry()
+    per_scrape.register(StreamCollector(lambda: shown))
+    data = generate_latest(request.app[REGISTRY]) + generate_latest(per_scrape)
     return web.Response(body=data, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -19,6 +19,7 @@ from telemetry.ingest import Ingester
 from telemetry.metrics import IngestMetrics
 from telemetry.storage import open_store
 from web.app import STORE, build_app
+from web.cli_keys import add_keys_parser, cmd_keys
 from web.cli_shipments import add_shipments_parser, cmd_shipments
 from web.config import Config, ConfigError, HttpSettings, check_tls_files, load_config, parse_mqtt_url
 from web.demo import DEMO_ASSIGNMENTS, DEMO_SLUG
@@ -63,6 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     _add_streams_parser(sub)
     _add_users_parser(sub)
     add_shipments_parser(sub)
+    add_keys_parser(sub)
 
     p = sub.add_parser("devices", help="devices: assign a site and an alert profile, list")
     devices = p.add_subparsers(dest="devices_command", required=True)
@@ -102,6 +104,8 @@ def main(argv: list[str] | None = None) -> None:
             asyncio.run(cmd_users(config, args))
         elif args.command == "shipments":
             cmd_shipments(config, args)
+        elif args.command == "keys":
+            cmd_keys(config, args)
     except KeyboardInterrupt:
         pass
     except ConfigError as exc:

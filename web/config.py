@@ -79,6 +79,10 @@ class Config:
     secret_key: str | None = field(default=None, repr=False)
     # Test reports and origin photos (telemetry.files).
     files: FilesSettings = field(default_factory=FilesSettings)
+    # The evidence log's signing key file (`origincast keys init`); "": none, nothing signed.
+    evidence_key_file: str = ""
+    # A checkpoint is signed this often while the log grows (and at each shipment's close).
+    evidence_checkpoint_interval_s: float = 60.0
 
 
 # (section, key) -> (type, default). Env name: ORIGINCAST_<SECTION>_<KEY>, except the two
@@ -129,6 +133,8 @@ _SCHEMA: dict[tuple[str, str], tuple[type, object]] = {
     ("http", "public_url"): (str, ""),
     ("files", "dir"): (str, "origincast-files"),
     ("files", "max_bytes"): (int, 20 * 1024 * 1024),
+    ("evidence", "key_file"): (str, ""),
+    ("evidence", "checkpoint_interval_s"): (float, 60.0),
     # Comma-separated http(s) URLs that receive every alert event, signed with the secret.
     ("alerts", "webhooks"): (tuple, ()),
     ("alerts", "webhook_secret"): (str, ""),
@@ -321,7 +327,16 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
         stream=_stream_settings(v),
         demo_test_pattern=bool(v[("stream", "demo_test_pattern")]),
         secret_key=_secret_key(str(v[("http", "secret_key")])),
+        evidence_key_file=str(v[("evidence", "key_file")]),
+        evidence_checkpoint_interval_s=_positive_float(v, "evidence", "checkpoint_interval_s"),
     )
+
+
+def _positive_float(v: Mapping[tuple[str, str], object], section: str, key: str) -> float:
+    value = float(v[(section, key)])  # type: ignore[arg-type]
+    if not value > 0:
+        raise ConfigError(f"{_env_name(section, key)}: must be greater than 0, got {value!r}")
+    return value
 
 
 def _public_url(value: str) -> str | None:

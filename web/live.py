@@ -72,7 +72,7 @@ from telemetry.readings import Reading
 from telemetry.settings import IngestSettings
 from telemetry.storage import StorageUnavailable, Store
 from telemetry.storage.alerts import ACTIVE, AlertFilter, Device
-from web.auth import Authenticator, json_error
+from web.auth import Authenticator, json_error, same_origin
 
 log = logging.getLogger(__name__)
 
@@ -578,7 +578,14 @@ class LiveFeed:
             return
         if self._auth is None:
             raise json_error(web.HTTPForbidden, "site, device and fleet selections are for staff only")
-        await self._auth.require(request, "admin", "logistics")
+        principal = await self._auth.require(request, "admin", "logistics")
+        # A WebSocket handshake is a GET, so no CSRF token guards it, and SameSite=Lax still
+        # sends the cookie from a same-site page of another origin (another port or
+        # subdomain): that page could read the fleet with a staff member's session. Browsers
+        # always send Origin on a handshake; it must be this site.
+        origin = request.headers.get("Origin")
+        if principal.via == "session" and origin is not None and not same_origin(origin, request.host):
+            raise json_error(web.HTTPForbidden, "a staff live feed opens only from this site's own pages")
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """``GET /api/v1/live``: see the module doc."""

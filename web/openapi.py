@@ -599,6 +599,109 @@ def _console_paths() -> dict[str, Any]:
     }
 
 
+def _evidence_paths() -> dict[str, Any]:
+    b64 = {"type": "string", "contentEncoding": "base64"}
+    index_list = _query(
+        "index",
+        {"type": "array", "items": {"type": "integer", "minimum": 0}, "maxItems": 1000},
+        "leaf indices (repeat index=…)",
+    )
+    index_list["required"] = True
+    index_list["style"] = "form"
+    index_list["explode"] = True
+    return {
+        "/api/v1/evidence/key": {
+            "get": _op(
+                "The log's public key (a C2SP note verifier key) and origin",
+                tag="evidence",
+                responses={
+                    **_ok("the key", _obj({"origin": STR, "vkey": STR})),
+                    "503": _error("the server has no signing key"),
+                },
+            ),
+        },
+        "/api/v1/evidence/proofs": {
+            "get": _op(
+                "RFC 6962 inclusion proofs of leaves in the tree of a size",
+                tag="evidence",
+                params=[
+                    index_list,
+                    _query("size", {"type": "integer", "minimum": 1}, "tree size (default: now)"),
+                ],
+                responses=_ok(
+                    "the proofs",
+                    _obj(
+                        {
+                            "size": INT,
+                            "root": b64,
+                            "proofs": {
+                                "type": "object",
+                                "additionalProperties": {"type": "array", "items": b64},
+                            },
+                        }
+                    ),
+                ),
+            ),
+        },
+        "/api/v1/evidence/leaves": {
+            "get": _op(
+                "Leaves' canonical records (RFC 8785 JSON, base64)",
+                tag="evidence",
+                params=[index_list],
+                responses={
+                    **_ok("the leaves", _obj({"leaves": {"type": "object", "additionalProperties": b64}})),
+                    "404": _error("an index is beyond the log"),
+                },
+            ),
+        },
+        "/api/v1/evidence/devices/{id}/batches": {
+            "parameters": [_path_param("id", STR, "the device's id")],
+            "get": _op(
+                "A device's chain of readings-batch leaves over a window, and the one after it",
+                tag="evidence",
+                params=[
+                    {**_query("from", TIME, "window start"), "required": True},
+                    {**_query("to", TIME, "window end"), "required": True},
+                ],
+                responses=_ok(
+                    "the batches",
+                    _obj(
+                        {
+                            "device_id": STR,
+                            "batches": {
+                                "type": "array",
+                                "items": _obj(
+                                    {"index": INT, "ts_first_us": INT, "ts_last_us": INT, "count": INT}
+                                ),
+                            },
+                        }
+                    ),
+                ),
+            ),
+        },
+        "/api/v1/evidence/batches/{index}/readings": {
+            "parameters": [_path_param("index", {"type": "integer", "minimum": 0}, "the leaf's index")],
+            "get": _op(
+                "The readings a readings-batch leaf hashed, in time order",
+                tag="evidence",
+                responses={
+                    **_ok(
+                        "the readings",
+                        _obj(
+                            {
+                                "index": INT,
+                                "device_id": STR,
+                                "readings": {"type": "array", "items": {"type": "object"}},
+                            }
+                        ),
+                    ),
+                    "404": _error("no such leaf, or not a readings batch"),
+                },
+            ),
+        },
+    }
+
+
 def _misc_paths() -> dict[str, Any]:
     return {
         "/api/v1/live": {
@@ -825,6 +928,7 @@ def build_document(version: str) -> dict[str, Any]:
         _account_paths(),
         _console_paths(),
         _shipment_paths(),
+        _evidence_paths(),
         _misc_paths(),
     ):
         paths.update(part)

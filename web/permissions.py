@@ -109,6 +109,22 @@ RULES: tuple[Rule, ...] = (
     Rule("GET",    "/api/v1/shipments/{id}/report",      STAFF,   "public page: with the evidence log"),
     Rule("GET",    "/api/v1/shipments/{id}/report.csv",  STAFF),
     Rule("GET",    "/api/v1/shipments/{id}/report.pdf",  STAFF,   "?lang=zh-CN|en"),
+    Rule("GET",    "/api/v1/shipments/{id}/qr.svg",      ANY_USER, "the package label: /v/<id>#k=<vkey>"),
+    Rule("GET",    "/api/v1/shipments/{id}/qr.png",      ANY_USER, "the package label: /v/<id>#k=<vkey>"),
+    # -- trust page, test reports and origin photos (web.trust, web.api_files) ---------------
+    Rule("GET",    "/v/{id}",                            PUBLIC,  "the trust page; verifies in the browser"),
+    Rule("GET",    "/api/v1/public/shipments/{id}",      PUBLIC,  "what a customer sees, and its evidence"),
+    Rule("POST",   "/api/v1/batches/{batch}/files",      ANY_USER, "producers and staff; uploader recorded"),
+    Rule("GET",    "/api/v1/batches/{batch}/files",      PUBLIC,  "shown on the trust page"),
+    Rule("GET",    "/files/{sha256}",                    PUBLIC,  "content-addressed, immutable"),
+    # -- the evidence log (web.api_evidence): public, since everything in it is checked ---
+    Rule("GET",    "/log/checkpoint",                    PUBLIC),
+    Rule("GET",    "/log/{tile}",                        PUBLIC,  "C2SP tlog-tiles"),
+    Rule("GET",    "/api/v1/evidence/key",               PUBLIC),
+    Rule("GET",    "/api/v1/evidence/proofs",            PUBLIC),
+    Rule("GET",    "/api/v1/evidence/leaves",            PUBLIC),
+    Rule("GET",    "/api/v1/evidence/devices/{id}/batches", PUBLIC, "a device's batch chain over a window"),
+    Rule("GET",    "/api/v1/evidence/batches/{index}/readings", PUBLIC, "the readings a batch leaf hashed"),
     # -- operations -------------------------------------------------------------------------
     Rule("GET",    "/api/v1/openapi.json",               PUBLIC),
     Rule("GET",    "/healthz",                           PUBLIC),

@@ -81,16 +81,16 @@ class QrApi:
         sid, url = await self._url(request)
         out = io.BytesIO()
         make_qr(url).save(out, kind="svg", scale=SVG_SCALE, border=BORDER, xmldecl=True, title=url)
-        return self._answer(out.getvalue(), "image/svg+xml", f"shipment-{sid}.svg", url)
+        return self._answer(out.getvalue(), "image/svg+xml", f"shipment-{sid}.svg")
 
     async def png(self, request: web.Request) -> web.Response:
         sid, url = await self._url(request)
         out = io.BytesIO()
         make_qr(url).save(out, kind="png", scale=PNG_SCALE, border=BORDER)
-        return self._answer(out.getvalue(), "image/png", f"shipment-{sid}.png", url)
+        return self._answer(out.getvalue(), "image/png", f"shipment-{sid}.png")
 
     @staticmethod
-    def _answer(body: bytes, content_type: str, filename: str, url: str) -> web.Response:
+    def _answer(body: bytes, content_type: str, filename: str) -> web.Response:
         return web.Response(
             body=body,
             content_type=content_type,
@@ -100,6 +100,5 @@ class QrApi:
                 # An SVG opened on its own is a document: no scripts, nothing loaded.
                 "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; sandbox",
                 "Cache-Control": "no-cache",
-                "X-Trust-URL": url,
             },
         )

@@ -156,9 +156,7 @@ class TrustApi:
                 "limits": [lim.to_dict() for lim in report.limits],
             },
             "report": _public_report(report),
-            "files": [
-                {k: v for k, v in f.to_dict().items() if k not in ("id",)} for f in files
-            ],
+            "files": [{k: v for k, v in f.to_dict().items() if k not in ("id",)} for f in files],
             "streams": [
                 {"slug": s.slug, "title": s.title, "live": s.live, "url": f"/watch/{s.slug}"} for s in streams
             ],
@@ -252,7 +250,9 @@ def _alert_id(raw: str) -> int | str:
         return raw
 
 
-def _leaves_of_kind(log: EvidenceLog, conn: Any, kind: str, start: int, end: int, step: int = 4096) -> list[Any]:
+def _leaves_of_kind(
+    log: EvidenceLog, conn: Any, kind: str, start: int, end: int, step: int = 4096
+) -> list[Any]:
     """The leaves of one kind in [start, end), read in bounded pages."""
     out = []
     for lo in range(start, end, step):
@@ -311,4 +311,68 @@ def _public_report(report: ShipmentReport) -> dict[str, Any]:
     }
 
 
-__all__ = ["EvidenceAccess", "StreamInfo", "TrustApi", "evidence_of"]
+# Only this origin; never framed (a frame could dress another site's claims in our
+# "verified"); images from /files/ and the chart's canvas only.
+TRUST_CSP = "; ".join(
+    (
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' data: blob:",
+        "connect-src 'self'",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "form-action 'none'",
+        "frame-ancestors 'none'",
+    )
+)
+
+
+class TrustPage:
+    """``GET /v/{id}``: the server-rendered shell in the reader's language; trust.js
+    fills it from the public endpoint and verifies. An id that cannot exist still gets
+    the page (which says so) with a 404."""
+
+    def __init__(self) -> None:
+        from web.i18n import load_catalogs
+        from web.pages import TEMPLATE_DIR, PageRenderer
+
+        template = (TEMPLATE_DIR / "trust.html").read_text(encoding="utf-8")
+        self._renderer = PageRenderer(load_catalogs(), {"trust": template})
+
+    def register(self, router: web.UrlDispatcher) -> None:
+        router.add_get("/v/{id}", self.handle)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        from web.i18n import LANGUAGE_COOKIE, choose_language
+
+        raw = request.match_info["id"]
+        lang = choose_language(
+            request.query.get("lang"),
+            request.cookies.get(LANGUAGE_COOKIE),
+            request.headers.get("Accept-Language"),
+        )
+        try:
+            sid = check_shipment_id(raw)
+            status = 200
+        except ShipmentError:
+            sid, status = "", 404
+        title = self._renderer.catalogs.text(lang, "trust.page_title")
+        return web.Response(
+            text=self._renderer.render("trust", sid, lang, {"shipment": sid}, title),
+            status=status,
+            content_type="text/html",
+            charset="utf-8",
+            headers={
+                "Content-Security-Policy": TRUST_CSP,
+                "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
+                # The key is in the fragment, which no Referer carries; still, say nothing.
+                "Referrer-Policy": "no-referrer",
+                "X-Content-Type-Options": "nosniff",
+                "Vary": "Accept-Language, Cookie",
+                "Cache-Control": "no-cache",
+            },
+        )
+
+
+__all__ = ["TRUST_CSP", "EvidenceAccess", "StreamInfo", "TrustApi", "TrustPage", "evidence_of"]

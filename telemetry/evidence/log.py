@@ -174,6 +174,10 @@ class EvidenceLog:
         with _cursor(conn) as cur:
             return self._storage.device_leaves(cur, device_id, start, end)
 
+    def next_device_leaf(self, conn: Any, device_id: str, after: int) -> StoredLeaf | None:
+        with _cursor(conn) as cur:
+            return self._storage.next_device_leaf(cur, device_id, after)
+
     def inclusion_proof(self, conn: Any, index: int, size: int) -> list[bytes]:
         return self.inclusion_proofs(conn, [index], size)[index]
 

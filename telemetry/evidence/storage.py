@@ -181,6 +181,22 @@ class EvidenceStorage:
         )
         return [StoredLeaf(int(i), bytes(h), bytes(e), k, d, bytes(r)) for i, h, e, k, d, r in cur.fetchall()]
 
+    def next_device_leaf(self, cur: Any, device_id: str, after: int) -> StoredLeaf | None:
+        """The device's first leaf after index ``after``: the batch that shows where a
+        window's chain goes on."""
+        cur.execute(
+            self._sql(
+                "SELECT idx, leaf_hash, entry, kind, device_id, tree_root FROM evidence_leaves"
+                " WHERE device_id = ? AND idx > ? ORDER BY idx LIMIT 1"
+            ),
+            (device_id, after),
+        )
+        row = cur.fetchone()
+        if row is None:
+            return None
+        i, h, e, k, d, r = row
+        return StoredLeaf(int(i), bytes(h), bytes(e), k, d, bytes(r))
+
     # -- checkpoints -------------------------------------------------------------------
 
     def insert_checkpoint(

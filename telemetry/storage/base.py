@@ -61,6 +61,16 @@ class Store(AlertStore, ShipmentStore, Protocol):
         the store's connection under its lock, append inside BEGIN IMMEDIATE)."""
         ...
 
+    def evidence_transaction(self) -> AbstractContextManager[Any]:
+        """A connection inside a transaction that commits when the block ends: for
+        appending to the evidence log, and signing checkpoints, outside ingest."""
+        ...
+
+    def leaves_covering(self, device_id: str, start_us: int, end_us: int) -> list[int]:
+        """The indices of the readings_batch leaves covering a device's readings in
+        [start_us, end_us), ascending."""
+        ...
+
     def readings_of_leaf(self, device_id: str, leaf: int, ts_first_us: int, ts_last_us: int) -> list[Reading]:
         """The readings a readings_batch leaf covers (its device and time range, then
         its index), in time order: what a verifier recomputes the leaf's digest from."""

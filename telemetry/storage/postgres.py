@@ -17,9 +17,10 @@ under the Timescale License (the Apache edition has none of them, and retention 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -145,6 +146,16 @@ class PostgresStore(PostgresAlertStore, PostgresShipmentStore):
         if self._pool is None:
             raise RuntimeError("PostgresStore is not open")
         return self._pool.connection()
+
+    @contextlib.contextmanager
+    def evidence_transaction(self) -> Iterator[psycopg.Connection]:
+        """A connection inside a transaction, for appending to the evidence log (and
+        signing checkpoints) outside ingest; committed when the block ends."""
+        try:
+            with self.evidence_connection() as conn, conn.transaction():
+                yield conn
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            raise StorageUnavailable(f"evidence write failed: {exc}") from exc
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -523,6 +534,16 @@ class PostgresStore(PostgresAlertStore, PostgresShipmentStore):
                 (sorted(set(device_ids)),),
             )
         return [_reading(row) for row in rows]
+
+    def leaves_covering(self, device_id: str, start_us: int, end_us: int) -> list[int]:
+        rows = self._query(
+            "SELECT DISTINCT evidence_leaf FROM readings"
+            f" WHERE device_id = %s AND ts >= {_EPOCH_SQL} + %s * interval '1 microsecond'"
+            f" AND ts < {_EPOCH_SQL} + %s * interval '1 microsecond' AND evidence_leaf IS NOT NULL"
+            " ORDER BY 1",
+            (device_id, start_us, end_us),
+        )
+        return [int(r[0]) for r in rows]
 
     def readings_of_leaf(self, device_id: str, leaf: int, ts_first_us: int, ts_last_us: int) -> list[Reading]:
         rows = self._query(

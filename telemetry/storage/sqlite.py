@@ -114,6 +114,24 @@ class SqliteStore(SqliteAlertStore, SqliteShipmentStore):
         with self._lock:
             yield self._connection()
 
+    @contextlib.contextmanager
+    def evidence_transaction(self) -> Iterator[sqlite3.Connection]:
+        """The store's connection inside BEGIN IMMEDIATE, for appending to the evidence
+        log (and signing checkpoints) outside ingest; committed when the block ends."""
+        with self._lock:
+            conn = self._connection()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise StorageUnavailable(f"evidence write failed: {exc}") from exc
+            try:
+                yield conn
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
     # -- lifecycle -------------------------------------------------------------------
 
     def open(self) -> None:
@@ -277,6 +295,14 @@ class SqliteStore(SqliteAlertStore, SqliteShipmentStore):
                     (device_id,),
                 )
         return [_reading(row) for row in rows]
+
+    def leaves_covering(self, device_id: str, start_us: int, end_us: int) -> list[int]:
+        rows = self._query(
+            "SELECT DISTINCT evidence_leaf FROM readings WHERE device_id = ? AND ts >= ? AND ts < ?"
+            " AND evidence_leaf IS NOT NULL ORDER BY 1",
+            (device_id, start_us, end_us),
+        )
+        return [int(r[0]) for r in rows]
 
     def readings_of_leaf(self, device_id: str, leaf: int, ts_first_us: int, ts_last_us: int) -> list[Reading]:
         rows = self._query(

@@ -37,12 +37,16 @@ CONSOLE_BUILT = {
     )
     for value in values
 }
-_KEY = r"(?:lang|common|publish|watch|error|report|console)\.[a-z0-9_]+"
+# The trust page's keys built from values (`trust.fig_${k}`, `trust.action_${a.action}`).
+TRUST_BUILT = {f"trust.fig_{k}" for k in ("min", "max", "mean", "mkt", "out_of_range", "gaps")} | {
+    f"trust.action_{a}" for a in ("raised", "peak", "acknowledged", "resolved", "cleared")
+}
+_KEY = r"(?:lang|common|publish|watch|error|report|console|trust)\.[a-z0-9_]+"
 
 
 def _keys_used() -> set[str]:
     used = {f"publish.state_{s}" for s in PUBLISH_STATES} | {f"watch.state_{s}" for s in WATCH_STATES}
-    used |= CONSOLE_BUILT
+    used |= CONSOLE_BUILT | TRUST_BUILT
     for text in TEMPLATES.values():
         used |= set(re.findall(r"\{\{t:(" + _KEY + r")\}\}", text))
         used |= set(re.findall(r'data-i18n(?:-[a-z-]+)?="(' + _KEY + ')"', text))

@@ -219,3 +219,145 @@ export async function readingsDigest(readings) {
   const ordered = readings.map(readingRecord).sort((a, b) => a.ts_us - b.ts_us);
   return hex(await sha256(enc.encode(canonicalJSON(ordered))));
 }
+
+// -- the shipment report's figures (telemetry/reports.py, exactly) ------------------------
+// Times are integer microseconds (exact as JS numbers below 2**53), as the Python side
+// keeps them; temperatures and seconds are doubles. See reports.py for the definitions.
+
+export const ACTIVATION_K = 10000;
+export const KELVIN = 273.15;
+
+function median(xs) {
+  const s = [...xs].sort((a, b) => a - b);
+  const n = s.length;
+  return n % 2 ? s[(n - 1) / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;
+}
+
+// Python's timedelta(seconds=x): to whole microseconds, halves to even.
+function secondsToUs(x) {
+  const us = x * 1e6;
+  const r = Math.round(us);
+  return Math.abs(us % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
+}
+
+// G of one segment: gap_threshold_s if set, else max(gap_factor × median interval, min_gap_s).
+export function gapThresholdUs(timesUs, params) {
+  if (params.gap_threshold_s != null) return secondsToUs(params.gap_threshold_s);
+  const floor = secondsToUs(params.min_gap_s);
+  if (timesUs.length < 2) return floor;
+  const intervals = [];
+  for (let i = 1; i < timesUs.length; i++) intervals.push((timesUs[i] - timesUs[i - 1]) / 1e6);
+  return Math.max(secondsToUs(params.gap_factor * median(intervals)), floor);
+}
+
+// Weights and gaps of one window's readings ({ts_us, temp_c}); reports.weigh.
+export function weigh(points, startUs, endUs, gUs) {
+  const pts = points.filter((p) => startUs <= p.ts_us && p.ts_us < endUs).sort((a, b) => a.ts_us - b.ts_us);
+  if (!pts.length) return { weighted: [], gaps: endUs > startUs ? [{ start_us: startUs, end_us: endUs }] : [] };
+  const weighted = [];
+  const gaps = [];
+  const lead = pts[0].ts_us - startUs;
+  if (lead > gUs) gaps.push({ start_us: startUs, end_us: pts[0].ts_us });
+  for (let i = 0; i < pts.length; i++) {
+    const nxt = i + 1 < pts.length ? pts[i + 1].ts_us : endUs;
+    const step = nxt - pts[i].ts_us;
+    let w = Math.min(step, gUs);
+    if (step > gUs) gaps.push({ start_us: pts[i].ts_us + gUs, end_us: nxt });
+    if (i === 0 && lead <= gUs) w += lead;
+    weighted.push({ ts_us: pts[i].ts_us, temp_c: pts[i].temp_c, w_us: w });
+  }
+  return { weighted, gaps };
+}
+
+// MKT in °C as a log-sum-exp (deep-frozen terms are ~1e-23); null without weight.
+export function meanKineticTemperature(temps, weightsS, activationK = ACTIVATION_K) {
+  const pairs = temps.map((t, i) => [t, weightsS[i]]).filter(([, w]) => w > 0);
+  if (!pairs.length) return null;
+  const xs = pairs.map(([t]) => -activationK / (t + KELVIN));
+  const m = Math.max(...xs);
+  let total = 0;
+  let s = 0;
+  pairs.forEach(([, w], i) => {
+    total += w;
+    s += w * Math.exp(xs[i] - m);
+  });
+  return -activationK / (m + Math.log(s) - Math.log(total)) - KELVIN;
+}
+
+export function beyondLimit(limit, t) {
+  if (limit.direction === 'above') return limit.inclusive ? t >= limit.threshold : t > limit.threshold;
+  return limit.inclusive ? t <= limit.threshold : t < limit.threshold;
+}
+
+// reports.summarize: the figures of weighted readings over a window (seconds as numbers).
+export function summarize(weighted, gaps, windowUs, limits, activationK = ACTIVATION_K) {
+  const temps = weighted.map((w) => w.temp_c);
+  const secs = weighted.map((w) => w.w_us / 1e6);
+  const coveredUs = weighted.reduce((n, w) => n + w.w_us, 0);
+  const totalS = secs.reduce((a, b) => a + b, 0);
+  const mean = totalS > 0 ? temps.reduce((n, t, i) => n + t * secs[i], 0) / totalS : null;
+  const rangeRules = limits.filter((l) => l.kind === 'limit');
+  const inRangeUs = weighted
+    .filter((w) => !rangeRules.some((r) => beyondLimit(r, w.temp_c)))
+    .reduce((n, w) => n + w.w_us, 0);
+  return {
+    reading_count: weighted.length,
+    min_c: temps.length ? Math.min(...temps) : null,
+    max_c: temps.length ? Math.max(...temps) : null,
+    mean_c: mean,
+    mkt_c: meanKineticTemperature(temps, secs, activationK),
+    window_s: windowUs / 1e6,
+    covered_s: coveredUs / 1e6,
+    gap_s: gaps.reduce((n, g) => n + (g.end_us - g.start_us), 0) / 1e6,
+    in_range_s: inRangeUs / 1e6,
+    out_of_range_s: (coveredUs - inRangeUs) / 1e6,
+    beyond: limits.map((l) => ({
+      limit_id: l.id,
+      beyond_s: weighted.filter((w) => beyondLimit(l, w.temp_c)).reduce((n, w) => n + w.w_us, 0) / 1e6,
+    })),
+  };
+}
+
+// The figures of a whole report from each segment's window and readings.
+export function recomputeReport(segments, readingsBySegment, limits, params) {
+  const out = { segments: [], total: null, gaps: [] };
+  let all = [];
+  let allGaps = [];
+  let windowUs = 0;
+  segments.forEach((seg, i) => {
+    const pts = readingsBySegment[i].filter((p) => seg.start_us <= p.ts_us && p.ts_us < seg.end_us);
+    const times = pts.map((p) => p.ts_us).sort((a, b) => a - b);
+    const g = gapThresholdUs(times, params);
+    const { weighted, gaps } = weigh(pts, seg.start_us, seg.end_us, g);
+    out.segments.push({ gap_threshold_s: g / 1e6, summary: summarize(weighted, gaps, seg.end_us - seg.start_us, limits, params.activation_k), gaps });
+    all = all.concat(weighted);
+    allGaps = allGaps.concat(gaps);
+    windowUs += seg.end_us - seg.start_us;
+  });
+  out.total = summarize(all, allGaps, windowUs, limits, params.activation_k);
+  out.gaps = allGaps;
+  return out;
+}
+
+// Which figures differ (names), within what float32 storage and summation order allow.
+export function compareSummary(shown, computed) {
+  const bad = [];
+  const close = (a, b, tol) => (a == null || b == null ? a == null && b == null : Math.abs(a - b) <= tol);
+  if (shown.reading_count !== computed.reading_count) bad.push('reading_count');
+  for (const k of ['min_c', 'max_c', 'mean_c', 'mkt_c']) if (!close(shown[k], computed[k], 1e-3)) bad.push(k);
+  for (const k of ['window_s', 'covered_s', 'gap_s', 'in_range_s', 'out_of_range_s']) {
+    if (!close(shown[k], computed[k], 1e-3)) bad.push(k);
+  }
+  const beyond = new Map((computed.beyond || []).map((b) => [b.limit_id, b.beyond_s]));
+  for (const b of shown.beyond || []) if (!close(b.beyond_s, beyond.get(b.limit_id) ?? null, 1e-3)) bad.push(`beyond ${b.limit_id}`);
+  return bad;
+}
+
+// A leaf's bytes as its record, if they are exactly the canonical JSON of an object.
+export function parseLeaf(entry) {
+  const text = new TextDecoder('utf-8', { fatal: true }).decode(entry);
+  const value = JSON.parse(text);
+  if (value === null || typeof value !== 'object' || value.v !== 1) throw new VerifyError('not a version 1 record');
+  if (canonicalJSON(value) !== text) throw new VerifyError(`a ${value.kind} record not in canonical form`);
+  return value;
+}
