@@ -702,6 +702,101 @@ def _evidence_paths() -> dict[str, Any]:
     }
 
 
+def _trust_paths() -> dict[str, Any]:
+    """The public trust page's endpoint, QR codes, test reports and photos (web.trust,
+    web.qr, web.api_files)."""
+    sid = _path_param("id", {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{2,39}$"}, "the shipment")
+    batch = _path_param("batch", ID, "the product batch")
+    file_schema = _obj(
+        {"sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"}, "size": INT, "content_type": STR,
+         "kind": {"type": "string", "enum": ["test_report", "photo"]}, "name": STR, "url": STR,
+         "evidence_leaf": INT},
+        {"product_batch": STR, "shipment_id": _nullable(STR), "uploaded_at": TIME},
+    )
+    image = {"description": "the QR code of /v/<id>#k=<vkey>"}
+    return {
+        "/api/v1/public/shipments/{id}": {
+            "get": _op(
+                "A shipment as its trust page shows it, with the evidence the page verifies",
+                tag="trust",
+                description="No login. `evidence` (null without a signing key) holds a signed"
+                " checkpoint, leaves (base64), their inclusion proofs and each batch's raw readings.",
+                params=[sid],
+                responses={
+                    **_ok("the shipment", _obj({"shipment": {"type": "object"}, "report": {"type": "object"},
+                                                "profile": {"type": "object"}, "files": {"type": "array"},
+                                                "streams": {"type": "array"},
+                                                "evidence": _nullable({"type": "object"})})),
+                    "404": _error("no such shipment"),
+                },
+            )
+        },
+        "/api/v1/shipments/{id}/qr.svg": {
+            "get": _op(
+                "The package's QR code (SVG)",
+                tag="trust",
+                params=[sid],
+                responses={
+                    "200": {**image, "content": {"image/svg+xml": {}}},
+                    "404": _error("no such shipment"),
+                    "503": _error("the evidence log has no signing key"),
+                },
+            )
+        },
+        "/api/v1/shipments/{id}/qr.png": {
+            "get": _op(
+                "The package's QR code (PNG)",
+                tag="trust",
+                params=[sid],
+                responses={
+                    "200": {**image, "content": {"image/png": {}}},
+                    "404": _error("no such shipment"),
+                    "503": _error("the evidence log has no signing key"),
+                },
+            )
+        },
+        "/api/v1/batches/{batch}/files": {
+            "get": _op(
+                "A product batch's test reports and origin photos",
+                tag="trust",
+                params=[batch, _query("shipment_id", STR, "only those of no shipment or of this one")],
+                responses={
+                    **_ok("the files", _list_of("files", file_schema)),
+                    "400": _error("bad shipment_id"),
+                },
+            ),
+            "post": {
+                **_op(
+                    "Upload a test report (PDF, JPEG, PNG) or an origin photo (JPEG, PNG)",
+                    tag="trust",
+                    description="multipart/form-data: `kind` (test_report or photo), optional"
+                    " `shipment_id`, `file`. The type is checked by the file's first bytes; the size"
+                    " by `files.max_bytes`. Stored under its SHA-256 with an evidence leaf.",
+                    params=[batch],
+                    responses={
+                        **_ok("the stored file", file_schema, "201"),
+                        "400": _error("a field is missing or wrong"),
+                        "413": _error("the file is too large"),
+                        "415": _error("not multipart, or the file is not an accepted type"),
+                    },
+                ),
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "multipart/form-data": {
+                            "schema": _obj(
+                                {"kind": {"type": "string", "enum": ["test_report", "photo"]},
+                                 "file": {"type": "string", "format": "binary"}},
+                                {"shipment_id": STR},
+                            )
+                        }
+                    },
+                },
+            },
+        },
+    }
+
+
 def _misc_paths() -> dict[str, Any]:
     return {
         "/api/v1/live": {
@@ -928,6 +1023,7 @@ def build_document(version: str) -> dict[str, Any]:
         _account_paths(),
         _console_paths(),
         _shipment_paths(),
+        _trust_paths(),
         _evidence_paths(),
         _misc_paths(),
     ):

@@ -9,10 +9,11 @@ their store classes), and ``Store`` extends it, so one object serves ingest and 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from telemetry.alerts.lifecycle import Action, Alert
+from telemetry.evidence.canonical import AlertEvent
 from telemetry.readings import Reading
 
 ALERT_STATES = ("open", "acknowledged", "resolved")
@@ -55,6 +56,7 @@ class AuditRecord:
     action: str
     comment: str
     detail: dict[str, Any] | None
+    evidence_leaf: int | None = None  # its alert_event leaf in the evidence log
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -64,6 +66,7 @@ class AuditRecord:
             "action": self.action,
             "comment": self.comment,
             "detail": self.detail,
+            "evidence_leaf": self.evidence_leaf,
         }
 
 
@@ -199,6 +202,26 @@ def audit_values(alert: Alert) -> list[tuple[int, int, datetime, str, str, str, 
     return [
         (alert.id, i, e.at, e.by, e.action.value, e.comment, None if e.value is None else {"value": e.value})
         for i, e in enumerate(alert.audit)
+    ]
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_US = timedelta(microseconds=1)
+
+
+def alert_event_records(alert: Alert, audit: list[tuple]) -> list[AlertEvent]:
+    """The evidence log's record of each new audit entry (rows as ``audit_values``)."""
+    return [
+        AlertEvent(
+            alert_id=str(alert.id),
+            alert_kind=alert.rule_kind,
+            change=action,
+            at_us=(at - _EPOCH) // _ONE_US,
+            actor=actor or None,
+            comment=comment or None,
+            device_id=alert.device_id,
+        )
+        for _id, _seq, at, actor, action, comment, _detail in audit
     ]
 
 

@@ -27,6 +27,7 @@ from telemetry.storage.alerts import (
     AuditRecord,
     Device,
     WebhookDelivery,
+    alert_event_records,
     alert_values,
     audit_values,
 )
@@ -44,8 +45,8 @@ _UPSERT_ALERT = (
     )
 )
 _INSERT_AUDIT = (
-    "INSERT INTO alert_audit (alert_id, seq, at, actor, action, comment, detail)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (alert_id, seq) DO NOTHING"
+    "INSERT INTO alert_audit (alert_id, seq, at, actor, action, comment, detail, evidence_leaf)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
 )
 
 
@@ -74,12 +75,27 @@ class PostgresAlertStore:
 
     def record_alert(self, alert: Alert, site_id: str | None, at: datetime) -> None:
         values = alert_values(alert, site_id, at)
-        audit = [(*a[:6], None if a[6] is None else Jsonb(a[6])) for a in audit_values(alert)]
+        audit = audit_values(alert)
 
         def write(conn: psycopg.Connection) -> None:
             with conn.cursor() as cur:
                 cur.execute(_UPSERT_ALERT, values)
-                cur.executemany(_INSERT_AUDIT, audit)
+                # The trail only grows: the entries past the stored ones are new, and each
+                # gets its alert_event leaf in this same transaction (lock taken first).
+                first = self._evidence.reserve(conn)
+                cur.execute("SELECT coalesce(max(seq), -1) FROM alert_audit WHERE alert_id = %s", (alert.id,))
+                have = cur.fetchone()[0]  # type: ignore[index]
+                new = [a for a in audit if a[1] > have]
+                if not new:
+                    return
+                cur.executemany(
+                    _INSERT_AUDIT,
+                    [(*a[:6], None if a[6] is None else Jsonb(a[6]), first + k) for k, a in enumerate(new)],
+                )
+                if self._evidence.append(conn, alert_event_records(alert, new)) != [
+                    first + k for k in range(len(new))
+                ]:
+                    raise RuntimeError("evidence leaves out of step with the alert audit entries")
 
         self._alert_tx(write)
 
@@ -116,12 +132,13 @@ class PostgresAlertStore:
             if row is None:
                 return None
             audit = conn.execute(
-                "SELECT alert_id, seq, at, actor, action, comment, detail FROM alert_audit"
+                "SELECT alert_id, seq, at, actor, action, comment, detail, evidence_leaf FROM alert_audit"
                 " WHERE alert_id = %s ORDER BY seq",
                 (alert_id,),
             ).fetchall()
             trail = tuple(
-                AuditRecord(a, s, at.astimezone(UTC), ac, act, c, d) for a, s, at, ac, act, c, d in audit
+                AuditRecord(a, s, at.astimezone(UTC), ac, act, c, d, ev)
+                for a, s, at, ac, act, c, d, ev in audit
             )
             return _record(row, trail)
 

@@ -23,6 +23,7 @@ from telemetry.storage.alerts import (
     AuditRecord,
     Device,
     WebhookDelivery,
+    alert_event_records,
     alert_values,
     audit_values,
 )
@@ -51,8 +52,8 @@ _UPSERT_ALERT = (
     )
 )
 _INSERT_AUDIT = (
-    "INSERT OR IGNORE INTO alert_audit (alert_id, seq, at, actor, action, comment, detail)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO alert_audit (alert_id, seq, at, actor, action, comment, detail, evidence_leaf)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _READING = "device_id, ts, temp_c, rh, battery_v, door_open, seq"
 
@@ -117,14 +118,30 @@ class SqliteAlertStore:
             if values[k] is not None:
                 values[k] = _us(values[k])
         values["found_late"] = int(values["found_late"])
-        audit = [
-            (a, s, _us(t), actor, action, c, None if d is None else json.dumps(d))
-            for a, s, t, actor, action, c, d in audit_values(alert)
-        ]
+        audit = audit_values(alert)
 
         def write(conn: sqlite3.Connection) -> None:
             conn.execute(_UPSERT_ALERT, values)
-            conn.executemany(_INSERT_AUDIT, audit)
+            # The trail only grows: the entries past the stored ones are new, and each
+            # gets its alert_event leaf in this same transaction.
+            first = self._evidence.reserve(conn)
+            have = conn.execute(
+                "SELECT coalesce(max(seq), -1) FROM alert_audit WHERE alert_id = ?", (alert.id,)
+            ).fetchone()[0]
+            new = [a for a in audit if a[1] > have]
+            if not new:
+                return
+            conn.executemany(
+                _INSERT_AUDIT,
+                [
+                    (a, s, _us(t), actor, action, c, None if d is None else json.dumps(d), first + k)
+                    for k, (a, s, t, actor, action, c, d) in enumerate(new)
+                ],
+            )
+            if self._evidence.append(conn, alert_event_records(alert, new)) != [
+                first + k for k in range(len(new))
+            ]:
+                raise RuntimeError("evidence leaves out of step with the alert audit entries")
 
         self._alert_tx(write)
 
@@ -161,7 +178,7 @@ class SqliteAlertStore:
             if row is None:
                 return None
             audit = conn.execute(
-                "SELECT alert_id, seq, at, actor, action, comment, detail FROM alert_audit"
+                "SELECT alert_id, seq, at, actor, action, comment, detail, evidence_leaf FROM alert_audit"
                 " WHERE alert_id = ? ORDER BY seq",
                 (alert_id,),
             ).fetchall()
@@ -174,8 +191,9 @@ class SqliteAlertStore:
                     act,
                     c,
                     None if d is None else json.loads(d),
+                    ev,
                 )
-                for a, s, at, ac, act, c, d in audit
+                for a, s, at, ac, act, c, d, ev in audit
             )
             return _record(row, trail)
 

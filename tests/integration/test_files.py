@@ -123,7 +123,7 @@ async def test_good_uploads_are_stored_logged_listed_and_served(client: Any, fil
         assert body["evidence_leaf"] == before and await _log_size(client) == before + 1
         store = client.app[STORE]
 
-        def leaf(i: int = body["evidence_leaf"]) -> Any:
+        def leaf(i: int = body["evidence_leaf"], store: Any = store) -> Any:
             with store.evidence_connection() as conn:
                 return parse_record(store.evidence.leaves(conn, i, i + 1)[0].entry)
 
