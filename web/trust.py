@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -45,20 +44,20 @@ class EvidenceAccess(Protocol):
     log with its signing key's public half, and signed checkpoints."""
 
     @property
-    def vkey(self) -> str: ...
+    def vkey(self) -> str | None: ...
 
-    async def checkpoint(self, force: bool = False) -> SignedCheckpoint: ...
+    async def checkpoint(self, *, force: bool = False) -> SignedCheckpoint: ...
 
 
 def evidence_of(app: web.Application) -> EvidenceAccess | None:
-    """The app's evidence service (web.evidence.EVIDENCE), None while it is not set up.
-    Looked up by module so this page works with whichever composition is in place."""
-    try:
-        module = importlib.import_module("web.evidence")
-    except ImportError:
+    """The app's evidence service when it can sign (it has a key), else None: a page or
+    QR code without the log's key could only say "cannot verify"."""
+    from web.app import EVIDENCE  # web.app imports this module: looked up at call time
+
+    service = app.get(EVIDENCE)
+    if service is None or service.vkey is None:
         return None
-    key = getattr(module, "EVIDENCE", None)
-    return None if key is None else app.get(key)
+    return service  # type: ignore[return-value]
 
 
 def _json(body: object, status: int = 200) -> web.Response:
@@ -229,7 +228,7 @@ class TrustApi:
 
         proofs, readings = await asyncio.to_thread(prove_and_read)
         return {
-            "vkey_origin": evidence.vkey.split("+", 1)[0],
+            "vkey_origin": (evidence.vkey or "").split("+", 1)[0],
             "checkpoint": checkpoint.note,
             "size": checkpoint.size,
             "opened_leaf": shipment.opened_leaf,

@@ -54,6 +54,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from scripts.services import free_port
 from stream.ice import host_addresses
+from telemetry.evidence.keys import init_key
 from tests.support.processes import REPO
 from web.app import build_app
 from web.config import load_config
@@ -196,6 +197,9 @@ class Server:
 @pytest.fixture
 def server(pg_url: str, mosquitto: Any, tmp_path: Path) -> Iterator[Server]:
     port = free_port()
+    # With the evidence log's signing key, as a deployment has it: without one the log,
+    # its key and the QR labels answer 503 whoever asks, and the walk would learn nothing.
+    init_key(tmp_path / "log.key", "walk.origincast/log")
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("ORIGINCAST_")},
         "ORIGINCAST_DATABASE_URL": pg_url,
@@ -206,6 +210,7 @@ def server(pg_url: str, mosquitto: Any, tmp_path: Path) -> Iterator[Server]:
         "ORIGINCAST_ADMIN_TOKEN": ADMIN_TOKEN,
         "ORIGINCAST_STREAM_ICE_HOST_ADDRESSES": "127.0.0.1",
         "ORIGINCAST_FILES_DIR": str(tmp_path / "files"),
+        "ORIGINCAST_EVIDENCE_KEY_FILE": str(tmp_path / "log.key"),
         # The walk makes hundreds of refused WHIP calls from one address on purpose: with
         # the production delay and lockout it would stall and then lock itself out.
         "ORIGINCAST_AUTH_FAILURE_BASE_DELAY_S": "0",

@@ -35,7 +35,7 @@ class LogService:
         self._signer = signer
         self.vkey = signer.vkey
 
-    async def checkpoint(self, force: bool = False) -> SignedCheckpoint:
+    async def checkpoint(self, *, force: bool = False) -> SignedCheckpoint:
         store = self._app[STORE]
         log = EvidenceLog(store.evidence.storage, self._signer)
 
