@@ -13,6 +13,7 @@ import uuid
 import psycopg
 import pytest
 
+from telemetry.evidence.canonical import parse_record, reading_record, readings_digest
 from tests.support.processes import IngesterProcess, start_publishers, wait_publishers, wait_until
 from tests.support.publisher import expected_temp
 
@@ -49,6 +50,32 @@ def assert_exactly_once(url: str) -> None:
     assert not bad, f"{len(bad)} readings differ from what was published, e.g. {bad[:3]}"
 
 
+def assert_covered_by_the_log(url: str) -> None:
+    """Every stored reading is covered by exactly one readings_batch leaf whose digest its
+    readings reproduce: the leaves are written in the readings' own transaction, so a
+    crash can lose neither without the other."""
+    with psycopg.connect(url) as conn:
+        uncovered = conn.execute("SELECT count(*) FROM readings WHERE evidence_leaf IS NULL").fetchone()[0]  # type: ignore[index]
+        assert uncovered == 0, f"{uncovered} stored readings have no evidence leaf"
+        leaves = conn.execute(
+            "SELECT idx, entry FROM evidence_leaves WHERE kind = 'readings_batch'"
+        ).fetchall()
+        rows = conn.execute(
+            "SELECT evidence_leaf, (extract(epoch FROM ts) * 1000000)::bigint, temp_c, rh, battery_v,"
+            " door_open, seq FROM readings"
+        ).fetchall()
+    by_leaf: dict[int, list] = {}
+    for leaf, *values in rows:
+        by_leaf.setdefault(leaf, []).append(reading_record(*values))
+    records = {idx: parse_record(bytes(entry)) for idx, entry in leaves}
+    assert sum(r.count for r in records.values()) == TOTAL
+    assert set(by_leaf) == set(records), "readings point at leaves that are not readings batches"
+    for idx, record in records.items():
+        assert readings_digest(by_leaf[idx]) == record.readings_sha256, (
+            f"leaf {idx} does not match its readings"
+        )
+
+
 def run_with_fault(db_url: str, mqtt_host: str, mqtt_port: int, fault) -> IngesterProcess:  # type: ignore[no-untyped-def]
     client_id = f"ingest-{uuid.uuid4().hex[:8]}"
     ingester = IngesterProcess(db_url, f"mqtt://{mqtt_host}:{mqtt_port}", client_id)
@@ -62,6 +89,7 @@ def run_with_fault(db_url: str, mqtt_host: str, mqtt_port: int, fault) -> Ingest
         assert ok, f"only {stored_count(db_url)} of {TOTAL} stored;\n" + "\n".join(ingester.log[-20:])
         time.sleep(1.0)  # a late duplicate would show up now
         assert_exactly_once(db_url)
+        assert_covered_by_the_log(db_url)
     finally:
         for p in pubs:
             if p.poll() is None:
