@@ -11,6 +11,7 @@ import ssl
 import sys
 import time
 from dataclasses import replace
+from datetime import UTC, datetime
 
 from aiohttp import web
 
@@ -18,11 +19,18 @@ from telemetry.alerts.rules import Direction, DoorOpenRule, LimitRule, OfflineRu
 from telemetry.ingest import Ingester
 from telemetry.metrics import IngestMetrics
 from telemetry.storage import open_store
-from web.app import STORE, build_app
+from web.app import ACCOUNTS, EVIDENCE, STORE, build_app
 from web.cli_keys import add_keys_parser, cmd_keys
 from web.cli_shipments import add_shipments_parser, cmd_shipments
 from web.config import Config, ConfigError, HttpSettings, check_tls_files, load_config, parse_mqtt_url
-from web.demo import DEMO_ASSIGNMENTS, DEMO_SLUG
+from web.demo import (
+    DEMO_ASSIGNMENTS,
+    DEMO_SLUG,
+    DEMO_USER,
+    demo_key_file,
+    ensure_demo_login,
+    ensure_demo_shipment,
+)
 
 log = logging.getLogger("origincast")
 
@@ -472,14 +480,20 @@ async def run_demo(config: Config, port: int, interval: float, duration: float) 
         mqtt = replace(parse_mqtt_url(broker.url), protocol="3.1.1")
         config = replace(config, ingest=replace(config.ingest, mqtt=mqtt, client_id="origincast-demo"))
         log.info("embedded MQTT broker (MQTT 3.1.1) on %s", broker.url)
-    # The demo shows live video too: the test pattern, watchable over WHEP at /whep/demo.
+    # The demo shows live video too: the test pattern, watchable over WHEP at /whep/demo;
+    # and signs its evidence log with a key of its own, so its trust page verifies.
     config = replace(config, demo_test_pattern=True)
+    if not config.evidence_key_file:
+        config = replace(config, evidence_key_file=str(demo_key_file(config.storage.url)))
     app = build_app(config)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, config.http.host, port)
     await site.start()
     _assign_demo_fleet(app)
+    password = await ensure_demo_login(app[ACCOUNTS])
+    shipment = await asyncio.to_thread(ensure_demo_shipment, app[STORE], datetime.now(UTC))
+    vkey = app[EVIDENCE].vkey
     m = config.ingest.mqtt
     fleet = Fleet(demo_fleet(), m.host, m.port, interval_s=interval, protocol=m.protocol)
     fleet.start()
@@ -489,12 +503,12 @@ async def run_demo(config: Config, port: int, interval: float, duration: float) 
         " · Ctrl-C to stop",
         flush=True,
     )
-    # Its own line: the address a newcomer copies into a browser.
-    print(
-        f"watch the live test pattern with the fleet's readings: http://{config.http.host}:{port}"
-        f"/watch/{DEMO_SLUG}",
-        flush=True,
-    )
+    # Their own lines: the addresses a newcomer copies into a browser.
+    base = f"http://{config.http.host}:{port}"
+    print(f"watch the live test pattern with the fleet's readings: {base}/watch/{DEMO_SLUG}", flush=True)
+    print(f"logistics console: {base}/console · log in as {DEMO_USER} / {password}", flush=True)
+    if vkey:
+        print(f"a shipment's trust page, verified in your browser: {base}/v/{shipment}#k={vkey}", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

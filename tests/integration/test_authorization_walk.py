@@ -514,13 +514,13 @@ def _read_targets(world: World) -> list[StreamTarget]:
 
 
 def _write_targets(caller: Caller) -> list[StreamTarget]:
-    own = StreamTarget(
-        "own throwaway" if caller.role in ("admin", "producer") else "a throwaway", f"walk-t-{caller.key}"
-    )
+    """A throwaway stream per caller (a producer's own; an admin's to manage), and for
+    everyone but the admins a producer's public and unlisted streams that are not theirs."""
+    own = StreamTarget("throwaway", f"walk-t-{caller.key}")
     if caller.owner == "pa":
-        return [own, StreamTarget("B public", B_PUB), StreamTarget("B unlisted", B_UNL)]
+        return [own, StreamTarget("another's public", B_PUB), StreamTarget("another's unlisted", B_UNL)]
     if caller.owner == "pb" or caller.role in (None, "logistics"):
-        return [own, StreamTarget("A public", A_PUB), StreamTarget("A unlisted", A_UNL)]
+        return [own, StreamTarget("another's public", A_PUB), StreamTarget("another's unlisted", A_UNL)]
     return [own]
 
 
@@ -907,7 +907,8 @@ class Planner:
         body = BODIES.get((method, canonical), {} if method not in SAFE else None)
         if callable(body):
             body = body(c)
-        target = "" if url == canonical else url
+        # Per-caller resources share a row: /api/v1/devices/walk-dev-<caller>.
+        target = "" if url == canonical else url.replace(f"-{c.key}", "-<caller>")
         return [self._case(method, canonical, target, url, c, base, json=body)]
 
 
@@ -996,9 +997,18 @@ async def _walk(http: aiohttp.ClientSession, cases: list[Case]) -> None:
 
 
 def _table(cases: list[Case]) -> str:
-    rows: dict[tuple[str, str, str], dict[str, Case]] = {}
+    """One row per (route, target), in route order, each "(no CSRF)" row after its own."""
+    order: dict[tuple[str, str, str], tuple[int, int, bool]] = {}
+    groups: dict[tuple[str, str], int] = {}
     for c in cases:
-        rows.setdefault((c.canonical, c.method, c.target), {})[c.caller.key] = c
+        group = groups.setdefault((c.canonical, c.method), len(groups))
+        base = c.target.removesuffix(" (no CSRF)")
+        first = order.get((c.canonical, c.method, base), (group, len(order), False))
+        order.setdefault((c.canonical, c.method, base), first)
+        order.setdefault((c.canonical, c.method, c.target), (first[0], first[1], c.target != base))
+    rows: dict[tuple[str, str, str], dict[str, Case]] = {k: {} for k in sorted(order, key=order.__getitem__)}
+    for c in cases:
+        rows[(c.canonical, c.method, c.target)][c.caller.key] = c
     width = max(len(f"{m} {p} {t}") for p, m, t in rows) + 1
     lines = [f"{'route (target)':<{width}}" + "".join(f"{k:>9}" for k in CALLERS)]
     for (path, method, target), by in rows.items():

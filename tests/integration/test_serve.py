@@ -134,23 +134,56 @@ def test_bad_configuration_is_a_clear_error():
 
 
 def test_demo_shows_readings_arriving(tmp_path):
-    """The README's first command, with nothing else running: readings arrive."""
+    """The README's first command, with nothing else running: readings arrive, and the
+    printed console login, watch page and trust page work while it runs."""
+    import urllib.request
+
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORIGINCAST_")}
-    port = str(free_port())
-    out = subprocess.run(
-        [sys.executable, "-m", "web", "demo", "--port", port, "--interval", "0.5", "--duration", "9"],
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "web", "demo", "--port", str(port), "--interval", "0.5", "--duration", "12"],
         cwd=tmp_path,
         env={**env, "PYTHONPATH": str(REPO)},
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=60,
     )
-    assert out.returncode == 0, out.stderr[-2000:]
-    counts = [int(m) for m in re.findall(r"\] (\d+) readings stored", out.stdout)]
-    assert counts and counts[-1] > counts[0] >= 0 and counts[-1] >= 20, out.stdout
-    assert "truck-7" in out.stdout and "freezer-1" in out.stdout
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if "trust page" in line:
+                break
+        printed = "".join(lines)
+        login = re.search(r"/console · log in as (\S+) / (\S+)$", printed, re.M)
+        trust = re.search(r"(http://\S+/v/(\S+))#k=(\S+)$", printed, re.M)
+        assert login and trust, printed
+        base = f"http://127.0.0.1:{port}"
+        req = urllib.request.Request(
+            f"{base}/api/v1/session",
+            data=json.dumps({"name": login[1], "password": login[2]}).encode(),
+            headers={"Content-Type": "application/json", "Origin": base},
+        )
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert json.loads(r.read())["role"] == "admin"
+        with urllib.request.urlopen(f"{base}/watch/demo", timeout=10) as r:
+            assert r.status == 200
+        with urllib.request.urlopen(f"{base}/api/v1/public/shipments/{trust[2]}", timeout=20) as r:
+            assert json.loads(r.read())["shipment"]["id"] == trust[2]
+        rest, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    out = printed + rest
+    assert proc.returncode == 0, err[-2000:]
+    counts = [int(m) for m in re.findall(r"\] (\d+) readings stored", out)]
+    assert counts and counts[-1] > counts[0] >= 0 and counts[-1] >= 20, out
+    assert "truck-7" in out and "freezer-1" in out
     assert (tmp_path / "origincast.db").exists()
-    assert "Traceback" not in out.stderr
+    assert oct((tmp_path / "origincast-demo-log.key").stat().st_mode & 0o777) == "0o600"
+    assert "Traceback" not in err
 
 
 def test_migrate_command(pg_url):
