@@ -41,12 +41,14 @@ CONSOLE_BUILT = {
 TRUST_BUILT = {f"trust.fig_{k}" for k in ("min", "max", "mean", "mkt", "out_of_range", "gaps")} | {
     f"trust.action_{a}" for a in ("raised", "peak", "acknowledged", "resolved", "cleared")
 }
-_KEY = r"(?:lang|common|publish|watch|error|report|console|trust)\.[a-z0-9_]+"
+# The login page's role names (`role.${current.role}`).
+ROLES_BUILT = {f"role.{r}" for r in ("admin", "logistics", "producer")}
+_KEY = r"(?:lang|common|publish|watch|error|report|console|trust|login)\.[a-z0-9_]+"
 
 
 def _keys_used() -> set[str]:
     used = {f"publish.state_{s}" for s in PUBLISH_STATES} | {f"watch.state_{s}" for s in WATCH_STATES}
-    used |= CONSOLE_BUILT | TRUST_BUILT
+    used |= CONSOLE_BUILT | TRUST_BUILT | ROLES_BUILT
     for text in TEMPLATES.values():
         used |= set(re.findall(r"\{\{t:(" + _KEY + r")\}\}", text))
         used |= set(re.findall(r'data-i18n(?:-[a-z-]+)?="(' + _KEY + ')"', text))
