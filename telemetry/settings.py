@@ -57,3 +57,7 @@ class StorageSettings:
     # EC 37/2005 and FSMA ask for at least a year; keep a margin.
     retention_days: int = 400
     chunk_interval_hours: int = 24
+    # Off, ingest writes no readings_batch leaves (readings are left uncovered by the
+    # evidence log). The switch exists only so bench/evidence.py can measure what the log
+    # costs per reading; web.config never sets it, so every server runs with the log on.
+    evidence_log: bool = True

@@ -123,8 +123,10 @@ RULES: tuple[Rule, ...] = (
     Rule("GET",    "/api/v1/evidence/key",               PUBLIC),
     Rule("GET",    "/api/v1/evidence/proofs",            PUBLIC),
     Rule("GET",    "/api/v1/evidence/leaves",            PUBLIC),
-    Rule("GET",    "/api/v1/evidence/devices/{id}/batches", PUBLIC, "a device's batch chain over a window"),
-    Rule("GET",    "/api/v1/evidence/batches/{index}/readings", PUBLIC, "the readings a batch leaf hashed"),
+    # Raw readings are the shippers' business (as the fleet and history are): staff only.
+    # A customer gets a shipment's own readings in its public bundle (web.trust).
+    Rule("GET",    "/api/v1/evidence/devices/{id}/batches", STAFF, "a device's batch chain over a window"),
+    Rule("GET",    "/api/v1/evidence/batches/{index}/readings", STAFF, "the readings a batch leaf hashed"),
     # -- operations -------------------------------------------------------------------------
     Rule("GET",    "/api/v1/openapi.json",               PUBLIC),
     Rule("GET",    "/healthz",                           PUBLIC),

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 import orjson
 from aiohttp import web
 
-from telemetry.evidence.canonical import AlertEvent, ReadingsBatch, parse_record
+from telemetry.evidence.canonical import ReadingsBatch, parse_record
 from telemetry.evidence.log import EvidenceLog, SignedCheckpoint
 from telemetry.reports import ShipmentReport, build_report
 from telemetry.shipments import Shipment, ShipmentError, check_shipment_id, find_profile, gather
@@ -172,10 +172,14 @@ class TrustApi:
     ) -> dict[str, Any]:
         store = self._store()
         log: EvidenceLog = store.evidence  # type: ignore[attr-defined]
-        alert_ids = {e.alert.alert_id for e in report.excursions}
+        # Each audit row keeps the index of its alert_event leaf: a direct lookup, where
+        # scanning the log from the shipment's opening would read every leaf since.
+        alert_leaves = sorted(
+            {x.evidence_leaf for e in report.excursions for x in e.alert.audit if x.evidence_leaf is not None}
+        )
         windows = [(s.device_id, ts_us(s.start), ts_us(s.end)) for s in report.segments]
 
-        def collect() -> tuple[dict[str, Any], list[int], dict[int, bytes]]:
+        def collect() -> tuple[dict[str, Any], dict[int, bytes]]:
             leaves: dict[int, bytes] = {}
             devices: list[dict[str, Any]] = []
             with store.evidence_connection() as conn:  # type: ignore[attr-defined]
@@ -188,24 +192,15 @@ class TrustApi:
                         {"segment": i, "device_id": device, "start_us": start, "end_us": end,
                          "batches": [leaf.index for leaf in picked]}
                     )  # fmt: skip
-                alert_leaves: list[int] = []
-                first = shipment.opened_leaf or 0
-                if alert_ids:
-                    size = log.size(conn)
-                    for leaf in _leaves_of_kind(log, conn, "alert_event", first, size):
-                        rec = parse_record(leaf.entry)
-                        if isinstance(rec, AlertEvent) and _alert_id(rec.alert_id) in alert_ids:
-                            leaves[leaf.index] = leaf.entry
-                            alert_leaves.append(leaf.index)
                 singles = [x for x in (shipment.opened_leaf, shipment.closed_leaf) if x is not None]
-                singles += [f.evidence_leaf for f in files]
+                singles += [f.evidence_leaf for f in files] + alert_leaves
                 for index in singles:
                     got = log.leaves(conn, index, index + 1)
                     if got:
                         leaves[index] = got[0].entry
-            return {"devices": devices}, alert_leaves, leaves
+            return {"devices": devices}, leaves
 
-        part, alert_leaves, leaves = await asyncio.to_thread(collect)
+        part, leaves = await asyncio.to_thread(collect)
         needed = max(leaves, default=-1) + 1
         checkpoint = await evidence.checkpoint()
         if checkpoint.size < needed:
@@ -240,23 +235,6 @@ class TrustApi:
             "proofs": {str(i): [_b64(h) for h in p] for i, p in sorted(proofs.items())},
             "readings": {str(i): r for i, r in sorted(readings.items())},
         }
-
-
-def _alert_id(raw: str) -> int | str:
-    try:
-        return int(raw)
-    except ValueError:
-        return raw
-
-
-def _leaves_of_kind(
-    log: EvidenceLog, conn: Any, kind: str, start: int, end: int, step: int = 4096
-) -> list[Any]:
-    """The leaves of one kind in [start, end), read in bounded pages."""
-    out = []
-    for lo in range(start, end, step):
-        out += [leaf for leaf in log.leaves(conn, lo, min(lo + step, end)) if leaf.kind == kind]
-    return out
 
 
 def _batches_over(chain: Sequence[Any], start_us: int, end_us: int) -> list[Any]:
@@ -295,7 +273,8 @@ def _public_report(report: ShipmentReport) -> dict[str, Any]:
                 "peak": a.peak,
                 "peak_at": _iso(a.peak_at),
                 "audit": [
-                    {"at": _iso(x.at), "action": x.action, "actor": x.actor, "comment": x.comment}
+                    # "" and no comment are one thing: the alert_event leaf stores "" as null.
+                    {"at": _iso(x.at), "action": x.action, "actor": x.actor, "comment": x.comment or None}
                     for x in a.audit
                 ],
             }

@@ -51,6 +51,7 @@ class Action(StrEnum):
     PEAK = "peak"  # a worse value than any before in this excursion
     ACKNOWLEDGED = "acknowledged"
     RESOLVED = "resolved"
+    SITE_CHANGED = "site_changed"  # its device was put on another site; detail {"from", "to"}
 
 
 class EventKind(StrEnum):
@@ -67,19 +68,25 @@ class AuditEntry:
     by: str  # SYSTEM or the user
     comment: str = ""
     value: float | None = None  # the new peak, for PEAK entries
+    detail: dict[str, Any] | None = None  # what else the change says (SITE_CHANGED: from, to)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "at": self.at.isoformat(),
             "action": self.action.value,
             "by": self.by,
             "comment": self.comment,
             "value": self.value,
         }
+        if self.detail is not None:  # absent rather than null: older consumers see no change
+            d["detail"] = self.detail
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AuditEntry:
-        return cls(datetime.fromisoformat(d["at"]), Action(d["action"]), d["by"], d["comment"], d["value"])
+        return cls(
+            datetime.fromisoformat(d["at"]), Action(d["action"]), d["by"], d["comment"], d["value"], d.get("detail")
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,6 +254,18 @@ def resolved(alert: Alert, by: str, comment: str, at: datetime, cleared_at: date
         resolution_comment=comment,
         audit=(*alert.audit, AuditEntry(at, Action.RESOLVED, by, comment)),
     )
+
+
+def site_changed(alert: Alert, by: str, site_from: str | None, site_to: str | None, at: datetime) -> Alert:
+    """Record that the alert's device moved to another site (the alert goes with it). Only
+    an alert not resolved yet moves: a resolved one stays where it happened."""
+    _check_user(by)
+    if not alert.is_open:
+        raise LifecycleError(f"alert {alert.id} is resolved; it stays on its site")
+    # The comment says it in words too, for the pages that show only the comment.
+    text = f"{site_from or '-'} → {site_to or '-'}"
+    entry = AuditEntry(at, Action.SITE_CHANGED, by, text, detail={"from": site_from, "to": site_to})
+    return replace(alert, audit=(*alert.audit, entry))
 
 
 def resolved_by_hand(alert: Alert, user: str, comment: str, at: datetime) -> Alert:

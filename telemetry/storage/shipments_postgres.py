@@ -207,12 +207,12 @@ class PostgresShipmentStore:
             if not rows:
                 return []
             trails: dict[int, list[AuditRecord]] = {r[0]: [] for r in rows}
-            for a, q, at, who, act, c, d in conn.execute(
-                "SELECT alert_id, seq, at, actor, action, comment, detail FROM alert_audit"
+            for a, q, at, who, act, c, d, leaf in conn.execute(
+                "SELECT alert_id, seq, at, actor, action, comment, detail, evidence_leaf FROM alert_audit"
                 " WHERE alert_id = ANY(%s) ORDER BY alert_id, seq",
                 (list(trails),),
             ):
-                trails[a].append(AuditRecord(a, q, at.astimezone(UTC), who, act, c, d))
+                trails[a].append(AuditRecord(a, q, at.astimezone(UTC), who, act, c, d, leaf))
             return [_record(r, tuple(trails[r[0]])) for r in rows]
 
         return self._alert_tx(read)

@@ -204,7 +204,7 @@ class SqliteShipmentStore:
             out = []
             for row in rows:
                 trail = conn.execute(
-                    "SELECT alert_id, seq, at, actor, action, comment, detail FROM alert_audit"
+                    "SELECT alert_id, seq, at, actor, action, comment, detail, evidence_leaf FROM alert_audit"
                     " WHERE alert_id = ? ORDER BY seq",
                     (row[0],),
                 ).fetchall()
@@ -217,8 +217,9 @@ class SqliteShipmentStore:
                         act,
                         c,
                         None if d is None else json.loads(d),
+                        leaf,
                     )
-                    for a, q, at, who, act, c, d in trail
+                    for a, q, at, who, act, c, d, leaf in trail
                 )
                 out.append(_record(row, audit))
             return out

@@ -152,6 +152,7 @@ class Case:
     headers: dict[str, str] = field(default_factory=dict)
     ws: bool = False
     must_contain: tuple[str, ...] = ()
+    must_not_contain: tuple[str, ...] = ()
     # Filled in by the walk:
     status: int = 0
     problem: str = ""
@@ -781,7 +782,15 @@ class Planner:
                 ),
             ]
         if canonical == "/api/v1/tokens" and method in SAFE:
-            return [mk(method, canonical, "list", canonical, c, base)]
+            # Their own tokens only (an admin: everyone's): no other user's token names.
+            others = (
+                ()
+                if c.role == "admin"
+                else tuple(
+                    f'"{name}"' for owner, names in w.token_names.items() if owner != c.user for name in names
+                )
+            )
+            return [mk(method, canonical, "list", canonical, c, base, must_not_contain=others)]
         if canonical == "/api/v1/tokens/{id}":
             other = base if base.kind != "ok" or c.role == "admin" else Expect("404", "not one of theirs")
             return [
@@ -990,6 +999,9 @@ async def _walk(http: aiohttp.ClientSession, cases: list[Case]) -> None:
         for slug in _hidden_from(case.caller, case):
             if slug in text:
                 problems.append(f"names unlisted {slug}")
+        for secret in case.must_not_contain:
+            if secret in text:
+                problems.append(f"shows {secret}")
         for needed in case.must_contain:
             if needed not in text:
                 problems.append(f"does not show {needed}")

@@ -22,6 +22,7 @@ from tests.integration.test_serve import _publish
 from web.app import EVIDENCE, STORE, build_app
 from web.config import load_config
 
+ADMIN = "evidence-test-admin-token-0123"
 T0 = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=1)
 
 
@@ -47,13 +48,15 @@ async def test_published_readings_are_provably_in_the_signed_log(
             "ORIGINCAST_MQTT_URL": mosquitto.url,
             "ORIGINCAST_INGEST_CLIENT_ID": f"ev-{uuid.uuid4().hex[:8]}",
             "ORIGINCAST_EVIDENCE_KEY_FILE": str(key_file),
+            "ORIGINCAST_ADMIN_TOKEN": ADMIN,
         }
     )
     client = await aiohttp_client(build_app(config))
     answers: list[str] = []
 
     async def get(path: str, status: int = 200) -> bytes:
-        r = await client.get(path)
+        staff_only = "/batches" in path
+        r = await client.get(path, headers={"Authorization": f"Bearer {ADMIN}"} if staff_only else None)
         body = await r.read()
         answers.append(body.decode("latin-1"))
         assert r.status == status, (path, r.status, body[:300])
@@ -160,3 +163,11 @@ async def test_without_a_key_the_log_grows_but_signs_nothing(aiohttp_client, sql
     assert r.status == 503
     assert "origincast keys init" in (await r.json())["error"]
     assert (await client.get("/api/v1/evidence/key")).status == 503
+
+
+async def test_raw_readings_are_for_staff_only(aiohttp_client, sqlite_url):
+    config = load_config(env={"ORIGINCAST_DATABASE_URL": sqlite_url})
+    client = await aiohttp_client(build_app(config, with_ingest=False))
+    assert (await client.get("/api/v1/evidence/batches/0/readings")).status == 401
+    window = "from=2026-11-01T00:00:00Z&to=2026-11-02T00:00:00Z"
+    assert (await client.get(f"/api/v1/evidence/devices/x/batches?{window}")).status == 401

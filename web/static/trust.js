@@ -54,7 +54,7 @@ function renderVerdict() {
   const title = {
     checking: t('trust.checking'),
     verified: t('trust.verified'),
-    gaps: t('trust.verified_gaps', { n: verdict.gaps.length }),
+    gaps: t(verdict.gaps.length === 1 ? 'trust.verified_gap' : 'trust.verified_gaps', { n: verdict.gaps.length }),
     failed: t('trust.not_verified', { reason: verdict.reasons[0] ? message(verdict.reasons[0]) : '' }),
     nokey: t('trust.cannot_verify', { reason: t('trust.no_key') }),
     nolog: t('trust.cannot_verify', { reason: t('trust.no_log') }),
@@ -179,6 +179,13 @@ function renderChart() {
 
 // -- verification ------------------------------------------------------------------------
 
+// Names a checkpoint whose signature failed by what it claims (origin and tree size), so
+// the reader learns which one; nothing in it is believed.
+function checkpointName(note) {
+  const [origin = '?', size = '?'] = String(note || '').split('\n');
+  return { origin, size };
+}
+
 async function verify() {
   const ev = data.evidence;
   const vkey = keyFromFragment();
@@ -191,7 +198,7 @@ async function verify() {
   try {
     cp = await V.verifyCheckpoint(ev.checkpoint, vkey);
   } catch (e) {
-    fail('trust.bad_checkpoint', { detail: e.message });
+    fail('trust.bad_checkpoint', { ...checkpointName(ev.checkpoint), detail: e.message });
     return { state: 'failed', reasons, gaps };
   }
   // Every record shown: proved included in the signed tree.
@@ -275,7 +282,8 @@ async function verify() {
   for (const x of data.report.excursions) {
     for (const a of x.audit) {
       if (a.action !== 'acknowledged' && a.action !== 'resolved') continue;
-      const found = events.some((e) => String(e.alert_id) === String(x.id) && e.change === a.action && (e.comment ?? null) === (a.comment ?? null));
+      // "" and no comment are one thing (the leaf stores "" as null).
+      const found = events.some((e) => String(e.alert_id) === String(x.id) && e.change === a.action && (e.comment || null) === (a.comment || null));
       if (!found) fail('trust.bad_alert', { id: x.id, action: a.action });
     }
   }

@@ -215,9 +215,32 @@ export function readingRecord(r) {
   return rec;
 }
 
+// The batch digest (canonical.py readings_digest): SHA-256 over the readings in time
+// order, each packed as 29 bytes, little-endian: ts_us int64, temp_c, rh, battery_v
+// float32 (0 when absent), seq int64 (0 when absent), flags (1 rh, 2 battery_v, 4 seq,
+// 8 door_open present, 16 door open).
+const READING_BYTES = 29;
+
 export async function readingsDigest(readings) {
-  const ordered = readings.map(readingRecord).sort((a, b) => a.ts_us - b.ts_us);
-  return hex(await sha256(enc.encode(canonicalJSON(ordered))));
+  const ordered = [...readings].sort((a, b) => a.ts_us - b.ts_us);
+  const buf = new ArrayBuffer(ordered.length * READING_BYTES);
+  const view = new DataView(buf);
+  ordered.forEach((r, i) => {
+    const at = i * READING_BYTES;
+    const has = (v) => v !== null && v !== undefined;
+    view.setBigInt64(at, BigInt(r.ts_us), true);
+    view.setFloat32(at + 8, r.temp_c, true);
+    view.setFloat32(at + 12, has(r.rh) ? r.rh : 0, true);
+    view.setFloat32(at + 16, has(r.battery_v) ? r.battery_v : 0, true);
+    view.setBigInt64(at + 20, BigInt(has(r.seq) ? r.seq : 0), true);
+    const flags =
+      (has(r.rh) ? 1 : 0) |
+      (has(r.battery_v) ? 2 : 0) |
+      (has(r.seq) ? 4 : 0) |
+      (has(r.door_open) ? (r.door_open ? 24 : 8) : 0);
+    view.setUint8(at + 28, flags);
+  });
+  return hex(await sha256(new Uint8Array(buf)));
 }
 
 // -- the shipment report's figures (telemetry/reports.py, exactly) ------------------------
