@@ -229,7 +229,7 @@ class AlertsApi:
         return _json({"devices": [d.to_dict() for d in devices]})
 
     async def put_device(self, request: web.Request) -> web.Response:
-        await self._auth.require(request, *STAFF)
+        principal = await self._auth.require(request, *STAFF)
         device_id = request.match_info["id"]
         if not _ID.match(device_id):
             raise json_error(web.HTTPBadRequest, "device id must be 1-64 of A-Z a-z 0-9 _ . -")
@@ -243,7 +243,8 @@ class AlertsApi:
         device = Device(device_id, _optional_id(data, "site_id"), _optional_id(data, "profile_id"), name)
         service = self._engine()
         try:
-            await asyncio.to_thread(service.assign, device)
+            # A new site moves the device's open alerts, in this person's name.
+            await asyncio.to_thread(service.assign, device, principal.name)
         except KeyError as exc:
             raise json_error(web.HTTPBadRequest, str(exc.args[0])) from None
         return _json(device.to_dict())

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -101,9 +101,15 @@ def report_params(query: Any) -> ReportParams:
 
 class ShipmentsApi:
     def __init__(
-        self, auth: Authenticator, store: Callable[[], Store], catalogs: Catalogs | None = None
+        self,
+        auth: Authenticator,
+        store: Callable[[], Store],
+        catalogs: Catalogs | None = None,
+        on_closed: Callable[[Shipment], Awaitable[None]] | None = None,
     ) -> None:
         self._auth = auth
+        # After a close is saved: the composition root signs and timestamps it.
+        self._on_closed = on_closed
         # Looked up per request: the store opens in cleanup_ctx, after the routes are made.
         self._store = store
         self._catalogs = catalogs or load_catalogs()
@@ -254,6 +260,8 @@ class ShipmentsApi:
         except ShipmentError as exc:
             raise json_error(web.HTTPBadRequest, str(exc)) from None
         saved = await self._change(request, lambda s: close(s, at))
+        if self._on_closed is not None:
+            await self._on_closed(saved)
         return _json(saved.to_dict())
 
     # -- reports -------------------------------------------------------------------------------

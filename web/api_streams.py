@@ -279,7 +279,9 @@ class StreamsApi:
 
     async def put_links(self, request: web.Request) -> web.Response:
         slug = request.match_info["slug"]
-        await self._owned(request, slug)  # the same check as update (PATCH)
+        # Staff only (web.permissions): a stream owner linking any device would publish
+        # readings that only staff may see.
+        await self._auth.require(request, "admin", "logistics")
         body = await _read_object(request, frozenset({"sites", "devices"}))
         try:
             links = check_links(body.get("sites", []), body.get("devices", []))

@@ -25,6 +25,7 @@ from telemetry.alerts.service import AlertService
 from telemetry.files import BlobStore
 from telemetry.ingest import Ingester
 from telemetry.metrics import IngestMetrics
+from telemetry.shipments import Shipment
 from telemetry.storage import Store, open_store
 from web.accounts import AccountService, SessionPolicy, password_hasher
 from web.accounts_sql import open_account_repository
@@ -37,6 +38,7 @@ from web.api_shipments import ShipmentsApi
 from web.api_streams import StreamsApi
 from web.api_users import UsersApi
 from web.auth import Authenticator
+from web.bundle import BundleApi, ShipmentEvidence
 from web.config import Config
 from web.demo import DEMO_SLUG, ensure_demo_stream
 from web.errors import refuse_control_characters
@@ -111,7 +113,10 @@ def build_app(config: Config, *, with_ingest: bool = True) -> web.Application:
     add_page_routes(app, app[SHARE].access, config.stream.ice_servers)
     AlertsApi(app[AUTH], lambda: app[STORE], lambda: app.get(ALERTS)).register(app.router)
     FleetApi(app[AUTH], lambda: app[STORE], lambda: app.get(ALERTS)).register(app.router)  # the console
-    ShipmentsApi(app[AUTH], lambda: app[STORE]).register(app.router)  # shipments and their reports
+    # shipments and their reports; a close is signed and timestamped (web.evidence)
+    ShipmentsApi(app[AUTH], lambda: app[STORE], on_closed=lambda s: _shipment_closed(app, s)).register(
+        app.router
+    )
     _add_trust(app, config)
     # The WebSocket live feed (readings and alert events from MQTT); after the store and
     # the registry in cleanup_ctx, so it opens after them and closes before them.
@@ -139,12 +144,24 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
 async def _evidence_ctx(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     service = EvidenceService.from_key_file(
-        app[STORE], config.evidence_key_file, config.evidence_checkpoint_interval_s
+        app[STORE], config.evidence_key_file, config.evidence_checkpoint_interval_s, config.evidence_tsa
     )
     await service.start()
     app[EVIDENCE] = service
     yield
     await service.stop()
+
+
+async def _shipment_closed(app: web.Application, shipment: Shipment) -> None:
+    """A close's checkpoint and timestamp request. Never fails the close: the close is
+    committed already, and a checkpoint signed later covers it as well."""
+    service = app.get(EVIDENCE)
+    if service is None:
+        return
+    try:
+        await service.shipment_closed(shipment.closed_leaf)
+    except Exception:
+        log.exception("shipment %s closed, but its checkpoint or timestamp request failed", shipment.id)
 
 
 async def _accounts_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -255,6 +272,9 @@ def _add_trust(app: web.Application, config: Config) -> None:
         return out
 
     TrustApi(lambda: app[STORE], files.catalog, lambda: evidence_of(app), public_streams).register(app.router)
+    # the offline evidence bundle for `origincast verify`, from the same builder
+    builder = ShipmentEvidence(lambda: app[STORE], files.catalog, lambda: evidence_of(app), files.blobs)
+    BundleApi(lambda: app[STORE], builder).register(app.router)
     TrustPage().register(app.router)
     QrApi(lambda: app[STORE], lambda: evidence_of(app), config.http.public_url).register(app.router)
     app.cleanup_ctx.append(_files_ctx)

@@ -22,6 +22,7 @@ from telemetry.storage import open_store
 from web.app import ACCOUNTS, EVIDENCE, STORE, build_app
 from web.cli_keys import add_keys_parser, cmd_keys
 from web.cli_shipments import add_shipments_parser, cmd_shipments
+from web.cli_verify import add_verify_parser, cmd_verify
 from web.config import Config, ConfigError, HttpSettings, check_tls_files, load_config, parse_mqtt_url
 from web.demo import (
     DEMO_ASSIGNMENTS,
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> None:
     _add_users_parser(sub)
     add_shipments_parser(sub)
     add_keys_parser(sub)
+    add_verify_parser(sub)
 
     p = sub.add_parser("devices", help="devices: assign a site and an alert profile, list")
     devices = p.add_subparsers(dest="devices_command", required=True)
@@ -84,6 +86,8 @@ def main(argv: list[str] | None = None) -> None:
     devices.add_parser("list", help="every assigned device")
 
     args = parser.parse_args(argv)
+    if args.command == "verify":  # offline: needs no configuration, database or network
+        cmd_verify(args)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

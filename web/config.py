@@ -20,6 +20,7 @@ from stream.settings import IceServer, StreamSettings
 from telemetry.alerts.settings import AlertServiceSettings, WebhookSettings
 from telemetry.files import FilesSettings
 from telemetry.settings import IngestSettings, MqttSettings, PayloadLimits, StorageSettings
+from web.tsa import TsaSettings
 
 
 class ConfigError(ValueError):
@@ -83,6 +84,8 @@ class Config:
     evidence_key_file: str = ""
     # A checkpoint is signed this often while the log grows (and at each shipment's close).
     evidence_checkpoint_interval_s: float = 60.0
+    # RFC 3161 timestamps of the checkpoint signed at each shipment's close (web.tsa).
+    evidence_tsa: TsaSettings = field(default_factory=TsaSettings)
 
 
 # (section, key) -> (type, default). Env name: ORIGINCAST_<SECTION>_<KEY>, except the two
@@ -135,6 +138,10 @@ _SCHEMA: dict[tuple[str, str], tuple[type, object]] = {
     ("files", "max_bytes"): (int, 20 * 1024 * 1024),
     ("evidence", "key_file"): (str, ""),
     ("evidence", "checkpoint_interval_s"): (float, 60.0),
+    # The timestamp authority (RFC 3161 over HTTP) asked at each close; "": none.
+    ("evidence", "tsa_url"): (str, ""),
+    ("evidence", "tsa_timeout_s"): (float, 10.0),
+    ("evidence", "tsa_retry_s"): (float, 60.0),
     # Comma-separated http(s) URLs that receive every alert event, signed with the secret.
     ("alerts", "webhooks"): (tuple, ()),
     ("alerts", "webhook_secret"): (str, ""),
@@ -329,6 +336,20 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
         secret_key=_secret_key(str(v[("http", "secret_key")])),
         evidence_key_file=str(v[("evidence", "key_file")]),
         evidence_checkpoint_interval_s=_positive_float(v, "evidence", "checkpoint_interval_s"),
+        evidence_tsa=_tsa_settings(v),
+    )
+
+
+def _tsa_settings(v: Mapping[tuple[str, str], object]) -> TsaSettings:
+    url = str(v[("evidence", "tsa_url")]).strip()
+    if url:
+        parsed = urlsplit(url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise ConfigError(f"ORIGINCAST_EVIDENCE_TSA_URL: expected an http(s):// URL, got {url!r}")
+    return TsaSettings(
+        url=url or None,
+        timeout_s=_positive_float(v, "evidence", "tsa_timeout_s"),
+        retry_s=_positive_float(v, "evidence", "tsa_retry_s"),
     )
 
 

@@ -8,6 +8,11 @@ shipments, file manifests — each in its own transaction, and signs a checkpoin
 Without a signing key the log still grows (every reading stays covered) but nothing is
 signed, and the checkpoint endpoints say how to make a key (``origincast keys init``).
 The key is read from its file at start and lives only in this object's signer.
+
+At a shipment's close (``shipment_closed``) a checkpoint covering the closing leaf is
+signed and, with a timestamp authority configured, sent for an RFC 3161 token
+(web.tsa): in the background, retried until the authority answers, so a close never
+waits for it or fails because of it.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from telemetry.evidence.keys import KeyFileError, load_key
 from telemetry.evidence.log import EvidenceLog, SignedCheckpoint
 from telemetry.evidence.note import NoteSigner
 from telemetry.storage import StorageUnavailable, Store
+from web.tsa import StoredTimestamp, Timestamper, TimestampStore, TsaSettings
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +40,13 @@ class NoSigningKey(RuntimeError):
 
 
 class EvidenceService:
-    def __init__(self, store: Store, signer: NoteSigner | None, checkpoint_interval_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        signer: NoteSigner | None,
+        checkpoint_interval_s: float = 60.0,
+        tsa: TsaSettings | None = None,
+    ) -> None:
         self._store = store
         self._signer = signer
         # Its own EvidenceLog, with the key (the store's appends without one): both sync
@@ -45,9 +57,15 @@ class EvidenceService:
         self._on_demand = asyncio.Lock()
         self._last: SignedCheckpoint | None = None
         self._last_at = 0.0
+        self.timestamps = TimestampStore(lambda: store)
+        self._timestamper: Timestamper | None = None
+        if tsa is not None and tsa.url is not None and signer is not None:
+            self._timestamper = Timestamper(tsa, self.timestamps, signer.name, signer.key_id)
 
     @classmethod
-    def from_key_file(cls, store: Store, key_file: str, checkpoint_interval_s: float) -> EvidenceService:
+    def from_key_file(
+        cls, store: Store, key_file: str, checkpoint_interval_s: float, tsa: TsaSettings | None = None
+    ) -> EvidenceService:
         signer: NoteSigner | None = None
         if key_file:
             try:
@@ -56,7 +74,7 @@ class EvidenceService:
                 # Serving without checkpoints beats not serving: readings stay covered and
                 # a checkpoint signed later covers them all.
                 log.warning("evidence log: %s; checkpoints are not signed until there is a key", exc)
-        return cls(store, signer, checkpoint_interval_s)
+        return cls(store, signer, checkpoint_interval_s, tsa)
 
     @property
     def signer(self) -> NoteSigner | None:
@@ -66,11 +84,24 @@ class EvidenceService:
     def vkey(self) -> str | None:
         return None if self._signer is None else self._signer.vkey
 
+    @property
+    def tsa_url(self) -> str | None:
+        """The timestamp authority checkpoints are sent to at a close (None: none)."""
+        return None if self._timestamper is None else self._timestamper.url
+
+    @property
+    def timestamper(self) -> Timestamper | None:
+        return self._timestamper
+
     async def start(self) -> None:
         if self._signer is not None:
             self._task = asyncio.create_task(self._checkpoint_loop(), name="evidence-checkpoints")
+        if self._timestamper is not None:
+            await self._timestamper.start()
 
     async def stop(self) -> None:
+        if self._timestamper is not None:
+            await self._timestamper.stop()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -100,6 +131,26 @@ class EvidenceService:
                 return self.log.checkpoint(conn, force=force)
 
         return await asyncio.to_thread(run)
+
+    async def shipment_closed(self, closed_leaf: int | None) -> SignedCheckpoint | None:
+        """Sign a checkpoint that covers a shipment's closing leaf and, with a timestamp
+        authority, queue the request for its token. None without a signing key."""
+        if self._signer is None:
+            return None
+        cp = await self.checkpoint()
+        if closed_leaf is not None and cp.size <= closed_leaf:
+            cp = await self.checkpoint(force=True)
+        if self._timestamper is not None:
+            await self._timestamper.anchor(cp)
+        return cp
+
+    async def timestamp_covering(self, leaf: int) -> StoredTimestamp | None:
+        """The timestamp (answered, else pending) of the first anchored checkpoint that
+        includes ``leaf``."""
+        if self._signer is None:
+            return None
+        signer = self._signer
+        return await asyncio.to_thread(self.timestamps.covering, signer.name, signer.key_id, leaf)
 
     async def current_checkpoint(self) -> SignedCheckpoint:
         """A checkpoint covering what is committed now, signed on demand (at most once a

@@ -731,6 +731,26 @@ def _trust_paths() -> dict[str, Any]:
                 },
             )
         },
+        "/api/v1/public/shipments/{id}/bundle": {
+            "get": _op(
+                "The shipment's offline evidence bundle, for `origincast verify`",
+                tag="trust",
+                description="No login. One JSON file (Content-Disposition: attachment): the public"
+                " shipment with its evidence, each file's bytes (base64; files over the bundle's"
+                " `file_limits` are named by SHA-256 only), the log's key as served (verify with a"
+                " key obtained separately) and the RFC 3161 timestamp of the closing checkpoint.",
+                params=[sid],
+                responses={
+                    **_ok("the bundle", _obj({"format": STR, "version": INT, "vkey": STR,
+                                              "shipment": {"type": "object"}, "report": {"type": "object"},
+                                              "profile": {"type": "object"}, "files": {"type": "array"},
+                                              "evidence": {"type": "object"},
+                                              "timestamp": {"type": "object"}})),
+                    "404": _error("no such shipment"),
+                    "503": _error("the evidence log has no signing key"),
+                },
+            )
+        },
         "/api/v1/shipments/{id}/qr.svg": {
             "get": _op(
                 "The package's QR code (SVG)",

@@ -68,7 +68,8 @@ RULES: tuple[Rule, ...] = (
     Rule("DELETE", "/api/v1/streams/{slug}",             STREAM_OWNERS, "a producer: own streams only"),
     Rule("POST",   "/api/v1/streams/{slug}/rotate-key",  STREAM_OWNERS, "a producer: own streams only"),
     Rule("GET",    "/api/v1/streams/{slug}/links",       PUBLIC,  "as GET /api/v1/streams/{slug}"),
-    Rule("PUT",    "/api/v1/streams/{slug}/links",       STREAM_OWNERS, "a producer: own streams only"),
+    Rule("PUT",    "/api/v1/streams/{slug}/links",       STAFF,   "staff: which sensors a page shows is the"
+                                                                  " shippers' call, not a stream owner's"),
     Rule("POST",   "/api/v1/streams/{slug}/share",       STREAM_OWNERS, "a producer: own streams only"),
     # WHIP: the stream's publish key is the credential (web.media_whip).
     Rule("POST",   "/whip/{slug}",                       PUBLIC,  "publish key"),
@@ -114,6 +115,7 @@ RULES: tuple[Rule, ...] = (
     # -- trust page, test reports and origin photos (web.trust, web.api_files) ---------------
     Rule("GET",    "/v/{id}",                            PUBLIC,  "the trust page; verifies in the browser"),
     Rule("GET",    "/api/v1/public/shipments/{id}",      PUBLIC,  "what a customer sees, and its evidence"),
+    Rule("GET",    "/api/v1/public/shipments/{id}/bundle", PUBLIC, "the offline evidence bundle (a file)"),
     Rule("POST",   "/api/v1/batches/{batch}/files",      ANY_USER, "producers and staff; uploader recorded"),
     Rule("GET",    "/api/v1/batches/{batch}/files",      PUBLIC,  "shown on the trust page"),
     Rule("GET",    "/files/{sha256}",                    PUBLIC,  "content-addressed, immutable"),

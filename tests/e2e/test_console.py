@@ -334,6 +334,18 @@ def test_console_fleet_alerts_history_streams(
         wait_js(page, HAS_TEXT, [stream, "Offline"], 7, "the streams table")
         assert page.locator(f"{stream} a", has_text="Watch").get_attribute("href") == f"/watch/{SLUG}"
         assert page.locator(f"{stream} a", has_text="Publish").get_attribute("href") == f"/publish/{SLUG}"
+        # Link the stream to a sensor from the console: its page will show that device.
+        page.click(f"{stream} button.links-edit")
+        page.wait_for_selector("#links-dialog[open]")
+        page.fill("#links-devices", "coldroom-e2e, truck-e2e")
+        page.fill("#links-sites", "")
+        page.click("#links-submit")
+        wait_js(page, "() => !document.querySelector('#links-dialog').open", None, 5,
+                "the links dialog to close: " + page.locator("#links-error").inner_text())  # fmt: skip
+        links = page.evaluate(
+            "async (slug) => (await fetch(`/api/v1/streams/${slug}/links`)).json()", SLUG
+        )
+        assert (links["sites"], links["devices"]) == ([], ["coldroom-e2e", "truck-e2e"]), links
         page.screenshot(path=str(artifacts / "console-en-desktop.png"), full_page=True)
 
         # Chinese, without a reload.

@@ -636,6 +636,10 @@ function renderStreams() {
         publish.href = `/publish/${encodeURIComponent(s.slug)}`;
         links.append(publish);
       }
+      const sensors = el('button', 'btn btn-small links-edit', t('console.links_edit'));
+      sensors.type = 'button';
+      sensors.addEventListener('click', () => openLinks(s.slug, s.title || s.slug));
+      links.append(sensors);
       tr.append(
         title,
         status,
@@ -647,6 +651,49 @@ function renderStreams() {
     }),
   );
   $('streams-empty').hidden = state.streams.length > 0;
+}
+
+// Which sensors' readings show over a stream's video: sites and devices, comma-separated.
+let linksSlug = null;
+const splitList = (text) => [...new Set(text.split(',').map((x) => x.trim()).filter(Boolean))];
+
+async function openLinks(slug, title) {
+  linksSlug = slug;
+  $('links-title').textContent = t('console.links_title', { stream: title });
+  $('links-error').hidden = true;
+  $('links-submit').disabled = false;
+  const sites = [...new Set([...state.devices.values()].map((d) => d.site_id).filter(Boolean))].sort();
+  $('links-site-options').replaceChildren(...sites.map((v) => Object.assign(el('option'), { value: v })));
+  $('links-device-options').replaceChildren(
+    ...[...state.devices.keys()].sort().map((v) => Object.assign(el('option'), { value: v })),
+  );
+  try {
+    const links = await api('GET', `/api/v1/streams/${encodeURIComponent(slug)}/links`);
+    $('links-sites').value = links.sites.join(', ');
+    $('links-devices').value = links.devices.join(', ');
+  } catch (err) {
+    if (err.status === 401) return;
+    $('links-error').textContent = t('console.action_failed', { detail: err.message });
+    $('links-error').hidden = false;
+  }
+  $('links-dialog').showModal();
+  $('links-sites').focus();
+}
+
+async function submitLinks(event) {
+  event.preventDefault();
+  $('links-submit').disabled = true;
+  try {
+    await api('PUT', `/api/v1/streams/${encodeURIComponent(linksSlug)}/links`, {
+      sites: splitList($('links-sites').value),
+      devices: splitList($('links-devices').value),
+    });
+    $('links-dialog').close();
+  } catch (err) {
+    $('links-error').textContent = t('console.action_failed', { detail: err.message });
+    $('links-error').hidden = false;
+    $('links-submit').disabled = false;
+  }
 }
 
 async function loadStreams() {
@@ -805,6 +852,8 @@ function initControls() {
     loadHistory();
   });
   $('action-form').addEventListener('submit', submitAction);
+  $('links-form').addEventListener('submit', submitLinks);
+  $('links-cancel').addEventListener('click', () => $('links-dialog').close());
   $('action-cancel').addEventListener('click', () => $('action-dialog').close());
   $('audit-close').addEventListener('click', () => $('audit-dialog').close());
   $('logout').addEventListener('click', logout);
