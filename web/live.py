@@ -67,7 +67,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from telemetry.payloads import device_id_from_topic, parse_message
+from telemetry.payloads import parse_message
 from telemetry.readings import Reading
 from telemetry.settings import IngestSettings
 from telemetry.storage import StorageUnavailable, Store
@@ -244,15 +244,6 @@ class LiveFeed:
             except Exception:
                 log.exception("live feed: refreshing devices failed")
 
-    def _watched(self, device_id: str) -> bool:
-        """Whether any client follows the device (read from the MQTT thread: dict and set
-        lookups only, which the GIL makes atomic; a client that joins a moment later gets
-        the device's state in its snapshot anyway)."""
-        if self._every or device_id in self._by_device:
-            return True
-        site = self._site_of(device_id)
-        return site is not None and site in self._by_site
-
     def _site_of(self, device_id: str) -> str | None:
         d = self._devices.get(device_id)
         return d.site_id if d is not None else None
@@ -322,11 +313,6 @@ class LiveFeed:
             if not isinstance(doc, dict) or not isinstance(doc.get("alert"), dict):
                 return None
             return ("alert", doc)
-        device_id = device_id_from_topic(topic, self._prefix)
-        if device_id is not None and not self._watched(device_id):
-            # Nobody follows this device now: skip the parse. Serve ingests every reading in
-            # this same process; the feed should cost only what its viewers watch.
-            return None
         result = parse_message(topic, payload, self._ingest.limits, datetime.now(UTC), prefix=self._prefix)
         if not result.readings:
             return None

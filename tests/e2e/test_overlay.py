@@ -155,6 +155,9 @@ HAS_TEXT = "([sel, s]) => (document.querySelector(sel)?.textContent || '').inclu
 NO_ALERTS = "() => !document.querySelector('#telemetry-overlay .live-alerts')"
 
 
+ACK_ZH = '处理中'  # watch.live_alert_ack in zh-CN
+
+
 def test_overlay_readings_alert_banner_languages_phone(
     browser: Browser, live_server: LiveServer, artifacts: Path
 ) -> None:
@@ -204,6 +207,11 @@ def test_overlay_readings_alert_banner_languages_phone(
         status, body = srv.request("GET", f"/api/v1/alerts?device={COLDROOM}&state=active")
         assert status == 200, body
         [alert] = body["alerts"]  # type: ignore[index]
+        # Staff acknowledging it (what the console's button sends) shows on the banner at once.
+        status, body = srv.request("POST", f"/api/v1/alerts/{alert['id']}/acknowledge", {"comment": "on it"})
+        assert status == 200, body
+        wait_js(page, HAS_TEXT, [banner_sel, ACK_ZH], 1.0, "the acknowledgement on the banner")
+        page.screenshot(path=str(artifacts / "overlay-zh-acknowledged-phone.png"))
         status, body = srv.request("POST", f"/api/v1/alerts/{alert['id']}/resolve", {"comment": "door shut"})
         assert status == 200, body
         wait_js(page, NO_ALERTS, None, 1.0, "the banner's removal")
