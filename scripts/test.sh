@@ -21,14 +21,15 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # boxes, and iproute2 (`ip netns`: Chromium and the server share a loopback-only namespace).
 # Shipment PDFs (tests/integration/test_shipments*.py): poppler-utils (pdftotext, pdftoppm);
 # fonts-wqy-microhei is also the PDF's CJK font. zbar-tools (zbarimg) decodes the trust
-# page's QR code in tests/integration/test_public_shipment.py.
+# page's QR code in tests/integration/test_public_shipment.py. openssl (`openssl ts -reply`)
+# is the local RFC 3161 timestamp authority of tests/integration/test_bundle_verify.py.
 APT_PACKAGES=(
     mosquitto mosquitto-clients postgresql-15 debootstrap util-linux ca-certificates
     python3-gi gir1.2-gst-rtsp-server-1.0
     gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly
     gstreamer1.0-nice gir1.2-gst-plugins-bad-1.0 gir1.2-nice-0.1
     chromium fonts-wqy-microhei iproute2
-    poppler-utils zbar-tools
+    poppler-utils zbar-tools openssl
 )
 
 missing=()

@@ -29,6 +29,7 @@ import base64
 import binascii
 import hashlib
 import math
+import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -163,7 +164,13 @@ def verify_bundle(
         raise BundleError("not an origincast evidence bundle (no format marker)")
     if bundle.get("version") not in SUPPORTED_VERSIONS:
         raise BundleError(f"bundle version {bundle.get('version')!r} is not one this verifier reads")
-    return _Checker(bundle, vkey, tsa_certificates).run()
+    try:
+        return _Checker(bundle, vkey, tsa_certificates).run()
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError, struct.error) as exc:
+        if isinstance(exc, BundleError):
+            raise
+        # a field of the wrong shape somewhere: not a bundle this verifier can read
+        raise BundleError(f"malformed bundle: {type(exc).__name__}: {exc}") from None
 
 
 class _Checker:
@@ -346,7 +353,7 @@ class _Checker:
                 except VerificationFailed as exc:
                     self.fail(f"{exc.what}: {exc.detail}")
                     continue
-                except (KeyError, TypeError, ValueError, OverflowError) as exc:
+                except (KeyError, TypeError, ValueError, OverflowError, struct.error) as exc:
                     self.fail(f"readings batch {index} ({device}): malformed readings ({exc})")
                     continue
                 readings += rows

@@ -72,6 +72,7 @@ from telemetry.alerts.lifecycle import (
     acknowledged,
     resolved,
     resolved_by_hand,
+    site_changed,
     with_peak,
 )
 from telemetry.alerts.machines import (
@@ -419,6 +420,21 @@ class AlertEngine:
                 if m.alert_id == a.id:
                     m.resolved_by_hand()
         return AlertEvent(EventKind.RESOLVED, a)
+
+    def move_site(
+        self, device_id: str, site_from: str | None, site_to: str | None, by: str, at: datetime
+    ) -> list[AlertEvent]:
+        """The device was put on another site: each of its alerts not resolved yet records
+        the move (sites are the service's business; the trail is the engine's)."""
+        _aware(at, "at")
+        if site_from == site_to:
+            return []
+        events: list[AlertEvent] = []
+        for a in sorted(self.alerts(device_id, open_only=True), key=lambda x: x.id):
+            a = site_changed(a, by, site_from, site_to, at)
+            self._alerts[a.id] = a
+            events.append(AlertEvent(EventKind.UPDATED, a))
+        return events
 
     def assign(self, device_id: str, profile_id: str | None, at: datetime) -> list[AlertEvent]:
         """Put a device on a profile (a new shipment): rule state starts over, with the

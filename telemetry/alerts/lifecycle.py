@@ -85,7 +85,12 @@ class AuditEntry:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AuditEntry:
         return cls(
-            datetime.fromisoformat(d["at"]), Action(d["action"]), d["by"], d["comment"], d["value"], d.get("detail")
+            datetime.fromisoformat(d["at"]),
+            Action(d["action"]),
+            d["by"],
+            d["comment"],
+            d["value"],
+            d.get("detail"),
         )
 
 

@@ -8,13 +8,19 @@ Inputs
   the thread later catches up from the store (readings received since the first drop);
 - time: ``tick`` every ``tick_s`` (delays expiring on a held value, devices going silent);
 - device status: ``<prefix>/+/status`` (``online`` / ``offline``, the last will);
-- people, through the API: ``acknowledge``, ``resolve``, ``assign``, ``save_profile``.
+- people, through the API: ``acknowledge``, ``resolve``, ``assign``, ``save_profile``. A
+  device put on another site takes its alerts not resolved yet with it: the store moves
+  their rows with the assignment, and each records the move (who, when, from → to) in its
+  trail, an ``updated`` event published on both sites' topics.
 
 Outputs, for every event (raised, peak updated, acknowledged, resolved)
 -----------------------------------------------------------------------
-- the ``alerts`` row upserted and the new ``alert_audit`` rows, in one transaction;
+- the ``alerts`` row upserted and the new ``alert_audit`` rows, in one transaction with
+  the event's webhook deliveries (the ``webhook_outbox`` rows, one per URL): a recorded
+  event is sent even if the process stops or dies right after;
 - an MQTT message (QoS 1) on ``<prefix>/alerts/<site_id>`` (``unassigned`` without a site);
-- webhooks (telemetry.alerts.webhooks), never blocking the engine;
+- webhooks (telemetry.alerts.webhooks): a sender thread works through the outbox, never
+  blocking the engine;
 - listeners in this process (the demo prints events).
 The event JSON is ``{"id": "<alert id>.<audit length>", "event": kind, "site_id": …,
 "alert": {…}}``; the id names one version of one alert, so a consumer can drop the
@@ -54,13 +60,13 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from telemetry.alerts.engine import AlertEngine
-from telemetry.alerts.lifecycle import AlertEvent
+from telemetry.alerts.lifecycle import SYSTEM, AlertEvent
 from telemetry.alerts.metrics import AlertMetrics
 from telemetry.alerts.rules import Profile, RuleError, builtin_profiles
 from telemetry.alerts.settings import AlertServiceSettings
 from telemetry.alerts.webhooks import WebhookSender
 from telemetry.readings import Reading
-from telemetry.storage.alerts import Device
+from telemetry.storage.alerts import Device, WebhookJob
 from telemetry.storage.base import StorageUnavailable, Store
 
 log = logging.getLogger(__name__)
@@ -104,10 +110,12 @@ class AlertService:
         self._qlock = threading.Lock()
         self._queued = 0  # readings in _queue
         self._overflow_from: datetime | None = None  # first hand-over dropped since catch-up
-        self._unsaved: list[AlertEvent] = []  # events whose row could not be written yet
+        # Events whose row could not be written yet, with their site and webhook rows as
+        # they were when the event was published.
+        self._unsaved: list[tuple[AlertEvent, str | None, list[WebhookJob]]] = []
         self._listeners: list[EventListener] = []
         self._thread: threading.Thread | None = None
-        self._webhooks = WebhookSender(settings.webhooks, store.record_webhook_delivery, metrics)
+        self._webhooks = WebhookSender(settings.webhooks, store, metrics)
         self._client = self._make_client()
         self._connected = threading.Event()
         self.started = False
@@ -224,14 +232,18 @@ class AlertService:
                     self._engine.assign(d.device_id, profile.id, now)
             self._save_snapshot()
 
-    def assign(self, device: Device) -> Device:
-        """Put a device on a site and a profile (None: no rules). KeyError: unknown profile."""
+    def assign(self, device: Device, by: str = SYSTEM) -> Device:
+        """Put a device on a site and a profile (None: no rules). KeyError: unknown profile.
+        A new site takes the device's alerts not resolved yet with it, in ``by``'s name."""
         with self._lock:
             if device.profile_id is not None and device.profile_id not in self._engine.profiles:
                 raise KeyError(f"unknown profile {device.profile_id!r}")
+            before = self._site(device.device_id)
             self._store.upsert_device(device)
             self._devices[device.device_id] = device
-            self._sync_assignment(device, self._clock())
+            now = self._clock()
+            self._sync_assignment(device, now)
+            self._move_site(device.device_id, before, device.site_id, by, now)
             self._save_snapshot()
             return device
 
@@ -331,26 +343,42 @@ class AlertService:
         body["alert"]["site_id"] = site
         return {"id": event_id(ev), "site_id": site, **body}
 
-    def _emit(self, events: list[AlertEvent]) -> None:
-        """Record, publish and hand out events (called with the lock held, in order)."""
+    def _move_site(
+        self, device_id: str, before: str | None, after: str | None, by: str, at: datetime
+    ) -> None:
+        """Record a device's new site in its alerts' trails (lock held; the store has moved
+        their rows already). Those watching the old site learn that the alerts left it."""
+        if before != after:
+            events = self._engine.move_site(device_id, before, after, by, at)
+            self._emit(events, also_topic=before or UNASSIGNED_SITE)
+
+    def _emit(self, events: list[AlertEvent], *, also_topic: str | None = None) -> None:
+        """Record, publish and hand out events (called with the lock held, in order);
+        ``also_topic``: a site topic (its last part) that gets them too."""
         if not events:
             return
         now = self._clock()
         prefix = self._settings.topic_prefix
+        queued = False
         for ev in events:
             site = self._site(ev.alert.device_id)
+            doc = self._event_json(ev)
+            payload = orjson.dumps(doc)
+            jobs = self._webhooks.jobs(doc["id"], payload, now)
             try:
                 if self._unsaved:
                     raise StorageUnavailable("earlier events are still unsaved")  # keep the order
-                self._store.record_alert(ev.alert, site, now)
+                self._store.record_alert(ev.alert, site, now, jobs)
+                queued = queued or bool(jobs)
             except StorageUnavailable as exc:
                 self._metrics.store_errors.inc()
                 log.warning("alert %d: not stored yet (%s); retrying", ev.alert.id, exc)
-                self._unsaved.append(ev)
-            doc = self._event_json(ev)
-            payload = orjson.dumps(doc)
-            self._client.publish(f"{prefix}/alerts/{site or UNASSIGNED_SITE}", payload, qos=1)
-            self._webhooks.submit(doc["id"], payload)
+                self._unsaved.append((ev, site, jobs))
+            topics = {site or UNASSIGNED_SITE}
+            if also_topic is not None:
+                topics.add(also_topic)
+            for topic_site in sorted(topics):
+                self._client.publish(f"{prefix}/alerts/{topic_site}", payload, qos=1)
             self._metrics.events.labels(ev.kind.value).inc()
             for listener in self._listeners:
                 try:
@@ -358,16 +386,20 @@ class AlertService:
                 except Exception:
                     log.exception("alert listener failed")
         self._metrics.open_alerts.set(len(self._engine.alerts(open_only=True)))
+        if queued:
+            self._webhooks.wake()
 
     def _flush_unsaved(self) -> None:
         with self._lock:
             while self._unsaved:
-                ev = self._unsaved[0]
+                ev, site, jobs = self._unsaved[0]
                 try:
-                    self._store.record_alert(ev.alert, self._site(ev.alert.device_id), self._clock())
+                    self._store.record_alert(ev.alert, site, self._clock(), jobs)
                 except StorageUnavailable:
                     return
                 self._unsaved.pop(0)
+                if jobs:
+                    self._webhooks.wake()
 
     def _save_snapshot(self) -> None:
         with self._lock:
@@ -395,9 +427,12 @@ class AlertService:
         with self._lock:
             now = self._clock()
             for d in stored:
-                if self._devices.get(d.device_id) != d:
+                old = self._devices.get(d.device_id)
+                if old != d:
                     self._devices[d.device_id] = d
                     self._sync_assignment(d, now)
+                    # Who changed it is not recorded with the assignment: the engine's name.
+                    self._move_site(d.device_id, None if old is None else old.site_id, d.site_id, SYSTEM, now)
 
     def _load_profiles(self) -> dict[str, Profile]:
         profiles = builtin_profiles()

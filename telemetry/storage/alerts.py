@@ -1,6 +1,6 @@
 """The alerting part of the storage interface: assignments, profiles, alerts and their
-audit trail, the engine's snapshot, webhook attempts, and the readings the engine asks
-for (a device's span for late-data replays, what arrived after a snapshot).
+audit trail, the engine's snapshot, the webhook outbox and attempts, and the readings the
+engine asks for (a device's span for late-data replays, what arrived after a snapshot).
 
 Row types here are plain values; the back ends implement ``AlertStore`` (mixed into
 their store classes), and ``Store`` extends it, so one object serves ingest and alerts.
@@ -8,11 +8,12 @@ their store classes), and ``Store`` extends it, so one object serves ingest and 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from telemetry.alerts.lifecycle import Action, Alert
+from telemetry.alerts.lifecycle import Action, Alert, AuditEntry
 from telemetry.evidence.canonical import AlertEvent
 from telemetry.readings import Reading
 
@@ -142,6 +143,28 @@ class WebhookDelivery:
     at: datetime
 
 
+@dataclass(frozen=True, slots=True)
+class WebhookJob:
+    """One delivery to queue: an event's body for one URL, first tried at ``due_at``."""
+
+    url: str
+    event_id: str
+    body: bytes
+    due_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PendingWebhook:
+    """A row of the webhook outbox: a delivery not done yet."""
+
+    id: int
+    url: str
+    event_id: str
+    body: bytes
+    attempt: int  # the number of the next attempt (1 for a first try)
+    due_at: datetime
+
+
 def alert_values(alert: Alert, site_id: str | None, at: datetime) -> dict[str, Any]:
     """The alerts row of an alert version, as named values (times still datetimes)."""
     resolved_at = None
@@ -200,9 +223,14 @@ def audit_values(alert: Alert) -> list[tuple[int, int, datetime, str, str, str, 
     """(alert_id, seq, at, actor, action, comment, detail) of every entry of the trail;
     the store inserts those it does not have yet (the trail only grows)."""
     return [
-        (alert.id, i, e.at, e.by, e.action.value, e.comment, None if e.value is None else {"value": e.value})
-        for i, e in enumerate(alert.audit)
+        (alert.id, i, e.at, e.by, e.action.value, e.comment, _detail(e)) for i, e in enumerate(alert.audit)
     ]
+
+
+def _detail(e: AuditEntry) -> dict[str, Any] | None:
+    if e.detail is not None:
+        return e.detail
+    return None if e.value is None else {"value": e.value}
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -226,9 +254,13 @@ def alert_event_records(alert: Alert, audit: list[tuple]) -> list[AlertEvent]:
 
 
 class AlertStore(Protocol):
-    def record_alert(self, alert: Alert, site_id: str | None, at: datetime) -> None:
+    def record_alert(
+        self, alert: Alert, site_id: str | None, at: datetime, webhooks: Sequence[WebhookJob] = ()
+    ) -> None:
         """Upsert the alert's row and append the audit entries not stored yet, in ONE
-        transaction."""
+        transaction, with ``webhooks`` put in the outbox when this version is new (it adds
+        audit entries): a version recorded again (a replay after a crash) is not sent
+        again, and one recorded is never lost before it is sent."""
         ...
 
     def list_alerts(self, query: AlertFilter) -> list[AlertRecord]:
@@ -243,7 +275,11 @@ class AlertStore(Protocol):
         """The highest alert id stored (0 when none)."""
         ...
 
-    def upsert_device(self, device: Device) -> None: ...
+    def upsert_device(self, device: Device) -> None:
+        """Store the assignment; when the site changes, the device's alerts not resolved
+        yet move to the new site in the same transaction (the service records the move in
+        each alert's trail)."""
+        ...
 
     def get_device(self, device_id: str) -> Device | None: ...
 
@@ -272,6 +308,34 @@ class AlertStore(Protocol):
 
     def record_webhook_delivery(self, delivery: WebhookDelivery) -> None: ...
 
+    def claim_webhooks(
+        self, urls: Sequence[str], now: datetime, owner: str, lease_until: datetime, limit: int
+    ) -> list[PendingWebhook]:
+        """Outbox rows for ``urls`` due by ``now`` and claimed by nobody (or whose claim has
+        lapsed), oldest due first, now claimed by ``owner`` until ``lease_until``. Two
+        senders never get the same row (PostgreSQL: FOR UPDATE SKIP LOCKED)."""
+        ...
+
+    def finish_webhook(
+        self, job: PendingWebhook, owner: str, delivery: WebhookDelivery, retry_at: datetime | None
+    ) -> None:
+        """Record the attempt and, in the same transaction, remove the row (delivered or
+        given up: ``retry_at`` None) or release it for attempt + 1 at ``retry_at``. A row
+        whose claim ``owner`` lost meanwhile is left to its new owner."""
+        ...
+
+    def release_webhooks(self, owner: str) -> int:
+        """Drop ``owner``'s claims (a clean stop): the rows are due again as they were."""
+        ...
+
+    def next_webhook_due(self, urls: Sequence[str]) -> datetime | None:
+        """When the next row for ``urls`` can be claimed (its due time, or its claim's end)."""
+        ...
+
+    def pending_webhooks(self, event_id: str | None = None, limit: int = 100) -> list[PendingWebhook]:
+        """Outbox rows, oldest due first."""
+        ...
+
     def webhook_deliveries(self, event_id: str | None = None, limit: int = 100) -> list[WebhookDelivery]:
         """Newest first."""
         ...
@@ -285,7 +349,9 @@ __all__ = [
     "AlertStore",
     "AuditRecord",
     "Device",
+    "PendingWebhook",
     "WebhookDelivery",
+    "WebhookJob",
     "alert_values",
     "audit_values",
 ]

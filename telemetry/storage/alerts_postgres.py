@@ -26,7 +26,9 @@ from telemetry.storage.alerts import (
     AlertRecord,
     AuditRecord,
     Device,
+    PendingWebhook,
     WebhookDelivery,
+    WebhookJob,
     alert_event_records,
     alert_values,
     audit_values,
@@ -48,6 +50,15 @@ _INSERT_AUDIT = (
     "INSERT INTO alert_audit (alert_id, seq, at, actor, action, comment, detail, evidence_leaf)"
     " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
 )
+
+
+_OUTBOX = "id, url, event_id, body, attempt, due_at"
+_OUTBOX_O = "o.id, o.url, o.event_id, o.body, o.attempt, o.due_at"
+
+
+def _pending(row: Sequence[Any]) -> PendingWebhook:
+    i, url, event_id, body, attempt, due = row
+    return PendingWebhook(i, url, event_id, bytes(body), attempt, due.astimezone(UTC))
 
 
 def _utc(t: datetime | None) -> datetime | None:
@@ -73,7 +84,9 @@ class PostgresAlertStore:
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
             raise StorageUnavailable(f"alert storage failed: {exc}") from exc
 
-    def record_alert(self, alert: Alert, site_id: str | None, at: datetime) -> None:
+    def record_alert(
+        self, alert: Alert, site_id: str | None, at: datetime, webhooks: Sequence[WebhookJob] = ()
+    ) -> None:
         values = alert_values(alert, site_id, at)
         audit = audit_values(alert)
 
@@ -96,6 +109,12 @@ class PostgresAlertStore:
                     first + k for k in range(len(new))
                 ]:
                     raise RuntimeError("evidence leaves out of step with the alert audit entries")
+                # A new version: its deliveries go into the outbox with it, or neither does.
+                cur.executemany(
+                    "INSERT INTO webhook_outbox (url, event_id, body, attempt, due_at)"
+                    " VALUES (%s, %s, %s, 1, %s) ON CONFLICT (event_id, url) DO NOTHING",
+                    [(w.url, w.event_id, w.body, w.due_at) for w in webhooks],
+                )
 
         self._alert_tx(write)
 
@@ -149,14 +168,21 @@ class PostgresAlertStore:
         return int(row[0]) if row else 0
 
     def upsert_device(self, device: Device) -> None:
-        self._alert_tx(
-            lambda c: c.execute(
+        def write(c: psycopg.Connection) -> None:
+            c.execute(
                 "INSERT INTO devices (device_id, site_id, profile_id, name) VALUES (%s, %s, %s, %s)"
                 " ON CONFLICT (device_id) DO UPDATE SET site_id = EXCLUDED.site_id,"
                 " profile_id = EXCLUDED.profile_id, name = EXCLUDED.name, updated_at = now()",
                 (device.device_id, device.site_id, device.profile_id, device.name),
             )
-        )
+            # Its alerts still being handled go with it; resolved ones stay where they happened.
+            c.execute(
+                "UPDATE alerts SET site_id = %s, updated_at = now()"
+                " WHERE device_id = %s AND state <> 'resolved' AND site_id IS DISTINCT FROM %s",
+                (device.site_id, device.device_id, device.site_id),
+            )
+
+        self._alert_tx(write)
 
     def get_device(self, device_id: str) -> Device | None:
         row = self._alert_tx(
@@ -241,6 +267,74 @@ class PostgresAlertStore:
                 (d.url, d.event_id, d.attempt, d.status, d.error, d.at),
             )
         )
+
+    def claim_webhooks(
+        self, urls: Sequence[str], now: datetime, owner: str, lease_until: datetime, limit: int
+    ) -> list[PendingWebhook]:
+        if not urls:
+            return []
+        # SKIP LOCKED: a row another sender is claiming right now is passed over, not waited
+        # for; the lease then keeps it out of reach until its attempt is done or lapsed.
+        rows = self._alert_tx(
+            lambda c: c.execute(
+                "UPDATE webhook_outbox o SET lease_owner = %(owner)s, lease_until = %(until)s"
+                " FROM (SELECT id FROM webhook_outbox WHERE url = ANY(%(urls)s) AND due_at <= %(now)s"
+                " AND (lease_until IS NULL OR lease_until <= %(now)s)"
+                " ORDER BY due_at, id LIMIT %(limit)s FOR UPDATE SKIP LOCKED) c"
+                f" WHERE o.id = c.id RETURNING {_OUTBOX_O}",
+                {"owner": owner, "until": lease_until, "urls": list(urls), "now": now, "limit": limit},
+            ).fetchall()
+        )
+        return sorted((_pending(r) for r in rows), key=lambda p: (p.due_at, p.id))
+
+    def finish_webhook(
+        self, job: PendingWebhook, owner: str, delivery: WebhookDelivery, retry_at: datetime | None
+    ) -> None:
+        d = delivery
+
+        def finish(c: psycopg.Connection) -> None:
+            c.execute(
+                "INSERT INTO webhook_deliveries (url, event_id, attempt, status, error, at)"
+                " VALUES (%s, %s, %s, %s, %s, %s)",
+                (d.url, d.event_id, d.attempt, d.status, d.error, d.at),
+            )
+            if retry_at is None:
+                c.execute("DELETE FROM webhook_outbox WHERE id = %s AND lease_owner = %s", (job.id, owner))
+            else:
+                c.execute(
+                    "UPDATE webhook_outbox SET attempt = %s, due_at = %s,"
+                    " lease_owner = NULL, lease_until = NULL WHERE id = %s AND lease_owner = %s",
+                    (job.attempt + 1, retry_at, job.id, owner),
+                )
+
+        self._alert_tx(finish)
+
+    def release_webhooks(self, owner: str) -> int:
+        def release(c: psycopg.Connection) -> int:
+            sql = "UPDATE webhook_outbox SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = %s"
+            return c.execute(sql, (owner,)).rowcount
+
+        return self._alert_tx(release)
+
+    def next_webhook_due(self, urls: Sequence[str]) -> datetime | None:
+        if not urls:
+            return None
+        row = self._alert_tx(
+            lambda c: c.execute(
+                "SELECT min(greatest(due_at, lease_until)) FROM webhook_outbox WHERE url = ANY(%s)",
+                (list(urls),),
+            ).fetchone()
+        )
+        return None if row is None else _utc(row[0])
+
+    def pending_webhooks(self, event_id: str | None = None, limit: int = 100) -> list[PendingWebhook]:
+        sql = f"SELECT {_OUTBOX} FROM webhook_outbox"
+        params: tuple[Any, ...] = (limit,)
+        if event_id is not None:
+            sql += " WHERE event_id = %s"
+            params = (event_id, limit)
+        sql += " ORDER BY due_at, id LIMIT %s"
+        return [_pending(r) for r in self._alert_tx(lambda c: c.execute(sql, params).fetchall())]
 
     def webhook_deliveries(self, event_id: str | None = None, limit: int = 100) -> list[WebhookDelivery]:
         sql = "SELECT url, event_id, attempt, status, error, at FROM webhook_deliveries"

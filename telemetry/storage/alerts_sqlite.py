@@ -22,7 +22,9 @@ from telemetry.storage.alerts import (
     AlertRecord,
     AuditRecord,
     Device,
+    PendingWebhook,
     WebhookDelivery,
+    WebhookJob,
     alert_event_records,
     alert_values,
     audit_values,
@@ -56,6 +58,7 @@ _INSERT_AUDIT = (
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _READING = "device_id, ts, temp_c, rh, battery_v, door_open, seq"
+_OUTBOX = "id, url, event_id, body, attempt, due_at"
 
 
 def _us(t: datetime) -> int:
@@ -74,6 +77,11 @@ def _now_us() -> int:
 def _reading(row: Sequence[Any]) -> Reading:
     d, ts, t, rh, b, door, s = row
     return Reading(d, _EPOCH + timedelta(microseconds=ts), t, rh, b, None if door is None else bool(door), s)
+
+
+def _pending(row: Sequence[Any]) -> PendingWebhook:
+    i, url, event_id, body, attempt, due = row
+    return PendingWebhook(i, url, event_id, bytes(body), attempt, _EPOCH + timedelta(microseconds=due))
 
 
 def _record(row: Sequence[Any], audit: tuple[AuditRecord, ...] = ()) -> AlertRecord:
@@ -112,7 +120,9 @@ class SqliteAlertStore:
             except sqlite3.OperationalError as exc:
                 raise StorageUnavailable(f"sqlite write failed: {exc}") from exc
 
-    def record_alert(self, alert: Alert, site_id: str | None, at: datetime) -> None:
+    def record_alert(
+        self, alert: Alert, site_id: str | None, at: datetime, webhooks: Sequence[WebhookJob] = ()
+    ) -> None:
         values = alert_values(alert, site_id, at)
         for k in _TIME_COLUMNS:
             if values[k] is not None:
@@ -142,6 +152,12 @@ class SqliteAlertStore:
                 first + k for k in range(len(new))
             ]:
                 raise RuntimeError("evidence leaves out of step with the alert audit entries")
+            # A new version: its deliveries go into the outbox with it, or neither does.
+            conn.executemany(
+                "INSERT INTO webhook_outbox (url, event_id, body, attempt, due_at, created_at)"
+                " VALUES (?, ?, ?, 1, ?, ?) ON CONFLICT (event_id, url) DO NOTHING",
+                [(w.url, w.event_id, w.body, _us(w.due_at), _now_us()) for w in webhooks],
+            )
 
         self._alert_tx(write)
 
@@ -206,15 +222,23 @@ class SqliteAlertStore:
         return int(row[0])
 
     def upsert_device(self, device: Device) -> None:
-        self._alert_tx(
-            lambda c: c.execute(
+        def write(c: sqlite3.Connection) -> None:
+            now = _now_us()
+            c.execute(
                 "INSERT INTO devices (device_id, site_id, profile_id, name, updated_at)"
                 " VALUES (?, ?, ?, ?, ?)"
                 " ON CONFLICT (device_id) DO UPDATE SET site_id = excluded.site_id,"
                 " profile_id = excluded.profile_id, name = excluded.name, updated_at = excluded.updated_at",
-                (device.device_id, device.site_id, device.profile_id, device.name, _now_us()),
+                (device.device_id, device.site_id, device.profile_id, device.name, now),
             )
-        )
+            # Its alerts still being handled go with it; resolved ones stay where they happened.
+            c.execute(
+                "UPDATE alerts SET site_id = ?, updated_at = ?"
+                " WHERE device_id = ? AND state <> 'resolved' AND site_id IS NOT ?",
+                (device.site_id, now, device.device_id, device.site_id),
+            )
+
+        self._alert_tx(write)
 
     def get_device(self, device_id: str) -> Device | None:
         row = self._alert_read(
@@ -295,6 +319,79 @@ class SqliteAlertStore:
                 (d.url, d.event_id, d.attempt, d.status, d.error, _us(d.at)),
             )
         )
+
+    def claim_webhooks(
+        self, urls: Sequence[str], now: datetime, owner: str, lease_until: datetime, limit: int
+    ) -> list[PendingWebhook]:
+        if not urls:
+            return []
+
+        # One writer at a time (BEGIN IMMEDIATE): the select and the claim are one step.
+        def claim(c: sqlite3.Connection) -> list[PendingWebhook]:
+            t = _us(now)
+            rows = c.execute(
+                f"SELECT {_OUTBOX} FROM webhook_outbox WHERE url IN ({', '.join('?' * len(urls))})"
+                " AND due_at <= ? AND (lease_until IS NULL OR lease_until <= ?)"
+                " ORDER BY due_at, id LIMIT ?",
+                (*urls, t, t, limit),
+            ).fetchall()
+            c.executemany(
+                "UPDATE webhook_outbox SET lease_owner = ?, lease_until = ? WHERE id = ?",
+                [(owner, _us(lease_until), r[0]) for r in rows],
+            )
+            return [_pending(r) for r in rows]
+
+        return self._alert_tx(claim)
+
+    def finish_webhook(
+        self, job: PendingWebhook, owner: str, delivery: WebhookDelivery, retry_at: datetime | None
+    ) -> None:
+        d = delivery
+
+        def finish(c: sqlite3.Connection) -> None:
+            c.execute(
+                "INSERT INTO webhook_deliveries (url, event_id, attempt, status, error, at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (d.url, d.event_id, d.attempt, d.status, d.error, _us(d.at)),
+            )
+            if retry_at is None:
+                c.execute("DELETE FROM webhook_outbox WHERE id = ? AND lease_owner = ?", (job.id, owner))
+            else:
+                c.execute(
+                    "UPDATE webhook_outbox SET attempt = ?, due_at = ?,"
+                    " lease_owner = NULL, lease_until = NULL WHERE id = ? AND lease_owner = ?",
+                    (job.attempt + 1, _us(retry_at), job.id, owner),
+                )
+
+        self._alert_tx(finish)
+
+    def release_webhooks(self, owner: str) -> int:
+        def release(c: sqlite3.Connection) -> int:
+            sql = "UPDATE webhook_outbox SET lease_owner = NULL, lease_until = NULL WHERE lease_owner = ?"
+            return c.execute(sql, (owner,)).rowcount
+
+        return self._alert_tx(release)
+
+    def next_webhook_due(self, urls: Sequence[str]) -> datetime | None:
+        if not urls:
+            return None
+        row = self._alert_read(
+            lambda c: c.execute(
+                "SELECT min(max(due_at, coalesce(lease_until, due_at))) FROM webhook_outbox"
+                f" WHERE url IN ({', '.join('?' * len(urls))})",
+                tuple(urls),
+            ).fetchone()
+        )
+        return _dt(row[0])
+
+    def pending_webhooks(self, event_id: str | None = None, limit: int = 100) -> list[PendingWebhook]:
+        sql = f"SELECT {_OUTBOX} FROM webhook_outbox"
+        params: tuple[Any, ...] = (limit,)
+        if event_id is not None:
+            sql += " WHERE event_id = ?"
+            params = (event_id, limit)
+        sql += " ORDER BY due_at, id LIMIT ?"
+        return [_pending(r) for r in self._alert_read(lambda c: c.execute(sql, params).fetchall())]
 
     def webhook_deliveries(self, event_id: str | None = None, limit: int = 100) -> list[WebhookDelivery]:
         sql = "SELECT url, event_id, attempt, status, error, at FROM webhook_deliveries"

@@ -32,14 +32,14 @@ CONSOLE_BUILT = {
         ("state", ("ok", "alert", "offline", "stale")),
         ("severity", ("critical", "major", "minor", "warning")),
         ("status", ("open", "acknowledged", "resolved")),
-        ("audit", ("raised", "peak", "acknowledged", "resolved")),
+        ("audit", ("raised", "peak", "acknowledged", "resolved", "site_changed")),
         ("role", ("admin", "logistics", "producer")),
     )
     for value in values
 }
 # The trust page's keys built from values (`trust.fig_${k}`, `trust.action_${a.action}`).
 TRUST_BUILT = {f"trust.fig_{k}" for k in ("min", "max", "mean", "mkt", "out_of_range", "gaps")} | {
-    f"trust.action_{a}" for a in ("raised", "peak", "acknowledged", "resolved", "cleared")
+    f"trust.action_{a}" for a in ("raised", "peak", "acknowledged", "resolved", "cleared", "site_changed")
 }
 # The login page's role names (`role.${current.role}`).
 ROLES_BUILT = {f"role.{r}" for r in ("admin", "logistics", "producer")}

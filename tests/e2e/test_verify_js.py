@@ -78,6 +78,55 @@ def test_inclusion_proofs_agree(page: Page) -> None:
     assert result["ok"] == len(cases) == result["tamperedRefused"]
 
 
+def test_shared_inclusion_proofs_agree(page: Page) -> None:
+    """verifyInclusions (many proofs into one tree, sharing the nodes they have in common)
+    accepts every leaf of every tree size at once, and refuses exactly the records whose
+    entry or proof was changed, wherever they fall among good ones."""
+    tree = MemoryTree()
+    for e in ENTRIES:
+        tree.append(e)
+    cases = []
+    for size in (1, 2, 3, 5, 7, 8, 16, 37):
+        proofs = [[_b64(p) for p in inclusion_proof(tree, i, size)] for i in range(size)]
+        items = [[i, _b64(ENTRIES[i]), proofs[i]] for i in range(size)]
+        cases.append([size, _b64(tree.root(size)), items])
+    result = page.evaluate(
+        """async (cases) => {
+          const d = (s) => V.b64decode(s);
+          const out = {ok: 0, errors: [], refused: []};
+          const run = async (size, root, items, mutate) => {
+            const list = [];
+            for (const [index, entry, proof] of items) {
+              const e = d(entry); const p = proof.map(d);
+              mutate(index, e, p);
+              list.push({ index, leaf: await V.leafHash(e), proof: p });
+            }
+            return V.verifyInclusions(list, size, d(root));
+          };
+          for (const [size, root, items] of cases) {
+            const good = await run(size, root, items, () => {});
+            if (good.size) out.errors.push(`${size}: ${[...good.keys()]}`); else out.ok++;
+            // One changed entry in the middle, after its neighbours were proved.
+            const mid = Math.floor(size / 2);
+            const bad = await run(size, root, items, (i, e) => { if (i === mid) e[0] ^= 1; });
+            out.refused.push([size, 'entry', [...bad.keys()]]);
+            // The last record's sibling changed (a proof's first hash is always used; a
+            // later one may not be, once the path meets a node already proved).
+            if (size > 1) {
+              const last = size - 1;
+              const worse = await run(size, root, items, (i, e, p) => { if (i === last) p[0][0] ^= 1; });
+              out.refused.push([size, 'proof', [...worse.keys()]]);
+            }
+          }
+          return out;
+        }""",
+        cases,
+    )
+    assert result["errors"] == [] and result["ok"] == len(cases)
+    for size, what, refused in result["refused"]:
+        assert refused == ([size // 2] if what == "entry" else [size - 1]), (size, what, refused)
+
+
 def test_consistency_proofs_agree(page: Page) -> None:
     tree = MemoryTree()
     for e in ENTRIES:

@@ -26,7 +26,7 @@ ADMIN_TOKEN = "openapi-test-admin-token-0123456789"
 
 
 @pytest.fixture
-def api_schema(pg_url: str, mosquitto) -> Iterator[schemathesis.schemas.BaseSchema]:
+def api_schema(pg_url: str, mosquitto, tmp_path) -> Iterator[schemathesis.schemas.BaseSchema]:
     port = free_port()
     env = {
         **os.environ,
@@ -35,6 +35,7 @@ def api_schema(pg_url: str, mosquitto) -> Iterator[schemathesis.schemas.BaseSche
         "ORIGINCAST_HTTP_HOST": "127.0.0.1",
         "ORIGINCAST_HTTP_PORT": str(port),
         "ORIGINCAST_ADMIN_TOKEN": ADMIN_TOKEN,
+        "ORIGINCAST_FILES_DIR": str(tmp_path / "files"),
         # schemathesis also calls every protected operation without credentials and
         # with wrong ones (it checks they are refused); with the production delay and
         # lockout those hundreds of failures would stall the run and lock it out.

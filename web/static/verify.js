@@ -96,6 +96,65 @@ export async function verifyInclusion(index, size, leaf, proof, root) {
   if (!equal(got, root)) throw new VerifyError(`record ${index} is not in the signed tree`);
 }
 
+// Many inclusion proofs into one tree, sharing work. A page proves thousands of records
+// (a month of readings batches), whose paths to the root mostly coincide: each node a
+// proof already led to the root is remembered, and a later proof that reaches the same
+// node with the same hash is done there (its record is under a node that is under the
+// root). A node is named by the leaves it covers, [fn·2^level, (fn+1)·2^level) cut at
+// the tree's size, which is what (level, fn) is after each step of RFC 9162's loop.
+// Nothing is remembered from a proof that fails. A proof's hashes may be base64 text,
+// decoded when used. Returns a Map index -> VerifyError for the records that are not in
+// the tree; the others are.
+export async function verifyInclusions(items, size, root) {
+  const known = new Map(); // node -> hex hash, of nodes proved to lead to the root
+  const failed = new Map();
+  for (const { index, leaf, proof } of items) {
+    try {
+      if (!(index >= 0 && index < size)) throw new VerifyError(`index ${index} is not in a tree of ${size}`);
+      const seen = [];
+      let fn = index;
+      let sn = size - 1;
+      let level = 0;
+      let r = leaf;
+      let done = false;
+      for (const raw of proof) {
+        const p = typeof raw === 'string' ? b64decode(raw) : raw;
+        const hit = known.get(`${level}:${fn}`);
+        if (hit !== undefined) {
+          if (hit !== hex(r)) throw new VerifyError(`record ${index} is not in the signed tree`);
+          done = true;
+          break;
+        }
+        seen.push([`${level}:${fn}`, hex(r)]);
+        if (sn === 0) throw new VerifyError('inclusion proof is too long');
+        if (odd(fn) || fn === sn) {
+          r = await nodeHash(p, r);
+          while (!odd(fn) && fn !== 0) {
+            fn = half(fn);
+            sn = half(sn);
+            level++;
+          }
+        } else {
+          r = await nodeHash(r, p);
+        }
+        fn = half(fn);
+        sn = half(sn);
+        level++;
+      }
+      if (!done) {
+        const hit = known.get(`${level}:${fn}`);
+        if (hit !== undefined && hit === hex(r)) done = true;
+        else if (sn !== 0) throw new VerifyError('inclusion proof is too short');
+        else if (!equal(r, root)) throw new VerifyError(`record ${index} is not in the signed tree`);
+      }
+      for (const [k, h] of seen) known.set(k, h);
+    } catch (e) {
+      failed.set(index, e instanceof VerifyError ? e : new VerifyError(String(e)));
+    }
+  }
+  return failed;
+}
+
 // RFC 9162, 2.1.4.2: the tree of size `second` extends the tree of size `first`.
 export async function verifyConsistency(first, second, firstRoot, secondRoot, proof) {
   if (first > second || first < 0) throw new VerifyError("tree sizes out of order");
