@@ -25,6 +25,7 @@ from urllib.parse import quote, unquote
 
 import orjson
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from telemetry.files import PDF, BlobStore, BlobWriter, FileKind, FileRejected, StoredFile, clean_name
 from telemetry.shipments import ShipmentError, check_shipment_id
@@ -154,8 +155,17 @@ class FilesApi:
                     fields[part.name] = raw.decode("utf-8", "replace").strip()
                 else:
                     raise json_error(
-                        web.HTTPBadRequest, f"{part.name}: unknown field (only kind, shipment_id, file)"
+                        web.HTTPBadRequest, f"{part.name!r:.60}: unknown field (only kind, shipment_id, file)"
                     )
+        except web.HTTPException:
+            if writer is not None:
+                writer.close()
+            raise
+        except (ValueError, LookupError, AssertionError, HttpProcessingError) as exc:
+            # aiohttp's multipart parser raises these on malformed parts and headers
+            if writer is not None:
+                writer.close()
+            raise json_error(web.HTTPBadRequest, f"malformed multipart body: {exc!s:.200}") from None
         except BaseException:
             if writer is not None:
                 writer.close()

@@ -41,7 +41,7 @@ from web.auth import Authenticator
 from web.bundle import BundleApi, ShipmentEvidence
 from web.config import Config
 from web.demo import DEMO_SLUG, ensure_demo_stream
-from web.errors import refuse_control_characters
+from web.errors import refuse_control_characters, refuse_nul_in_json
 from web.evidence import EvidenceService
 from web.live import StreamSensors, install_live_feed
 from web.media_whep import add_whep_routes
@@ -230,6 +230,7 @@ def _add_stream_registry(app: web.Application, config: Config) -> None:
     registry = app[STREAMS] = open_stream_repository(config.storage.url)
     auth = app[AUTH] = Authenticator(config.admin_token, app[ACCOUNTS], config.auth)
     app.middlewares.append(refuse_control_characters)
+    app.middlewares.append(refuse_nul_in_json)
     app.middlewares.append(permissions_middleware(auth))
     SessionApi(auth).register(app.router)
     UsersApi(auth, app[ACCOUNTS]).register(app.router)

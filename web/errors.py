@@ -29,3 +29,30 @@ async def refuse_control_characters(request: web.Request, handler: Handler) -> w
     if any(ord(c) < 32 or ord(c) == 127 for c in raw):
         raise json_error(web.HTTPBadRequest, "control characters are not allowed in the URL")
     return await handler(request)
+
+
+def _has_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+@web.middleware
+async def refuse_nul_in_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """PostgreSQL cannot store NUL in text, and no field of ours means one: a JSON body
+    with a NUL anywhere is refused here, once, instead of failing deep in a query.
+    (Bodies are at most client_max_size, 1 MiB; the handler reads the cached bytes.)"""
+    if request.method in ("POST", "PUT", "PATCH") and request.content_type == "application/json":
+        raw = await request.read()
+        if b"\\u0000" in raw:  # the only way JSON carries a NUL
+            try:
+                parsed = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                parsed = None  # the handler says what is wrong with it
+            if _has_nul(parsed):
+                raise json_error(web.HTTPBadRequest, "text must not contain NUL characters (\\u0000)")
+    return await handler(request)

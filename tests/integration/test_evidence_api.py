@@ -171,3 +171,14 @@ async def test_raw_readings_are_for_staff_only(aiohttp_client, sqlite_url):
     assert (await client.get("/api/v1/evidence/batches/0/readings")).status == 401
     window = "from=2026-11-01T00:00:00Z&to=2026-11-02T00:00:00Z"
     assert (await client.get(f"/api/v1/evidence/devices/x/batches?{window}")).status == 401
+
+
+async def test_nul_and_control_characters_are_refused_before_any_handler(aiohttp_client, sqlite_url):
+    config = load_config(env={"ORIGINCAST_DATABASE_URL": sqlite_url, "ORIGINCAST_ADMIN_TOKEN": ADMIN})
+    client = await aiohttp_client(build_app(config, with_ingest=False))
+    r = await client.post(
+        "/api/v1/tokens", json={"owner": "a\x00b"}, headers={"Authorization": f"Bearer {ADMIN}"}
+    )
+    assert r.status == 400 and "NUL" in (await r.json())["error"]
+    r = await client.get("/api/v1/streams?x=%00")
+    assert r.status == 400 and "control characters" in (await r.json())["error"]

@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.checks import positive_data_acceptance
 
 from scripts.services import free_port
+from telemetry.evidence.keys import init_key
 from tests.support.processes import REPO, wait_until
 
 ADMIN_TOKEN = "openapi-test-admin-token-0123456789"
@@ -28,6 +29,8 @@ ADMIN_TOKEN = "openapi-test-admin-token-0123456789"
 @pytest.fixture
 def api_schema(pg_url: str, mosquitto, tmp_path) -> Iterator[schemathesis.schemas.BaseSchema]:
     port = free_port()
+    key_file = tmp_path / "log.key"
+    init_key(key_file, "openapi.test/log")
     env = {
         **os.environ,
         "ORIGINCAST_DATABASE_URL": pg_url,
@@ -36,6 +39,7 @@ def api_schema(pg_url: str, mosquitto, tmp_path) -> Iterator[schemathesis.schema
         "ORIGINCAST_HTTP_PORT": str(port),
         "ORIGINCAST_ADMIN_TOKEN": ADMIN_TOKEN,
         "ORIGINCAST_FILES_DIR": str(tmp_path / "files"),
+        "ORIGINCAST_EVIDENCE_KEY_FILE": str(key_file),
         # schemathesis also calls every protected operation without credentials and
         # with wrong ones (it checks they are refused); with the production delay and
         # lockout those hundreds of failures would stall the run and lock it out.

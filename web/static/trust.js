@@ -70,7 +70,10 @@ function renderVerdict() {
 
 // A reason or gap: a catalog key and its values, so it follows the language switch.
 function message(m) {
-  return typeof m === 'string' ? m : t(m.key, m.vars || {});
+  if (typeof m === 'string') return m;
+  const vars = { ...(m.vars || {}) };
+  if (vars.action) vars.action = t(`trust.action_${vars.action}`) || vars.action; // a staff action, in this language
+  return t(m.key, vars);
 }
 
 function render() {
