@@ -168,7 +168,9 @@ class AlertsApi:
     async def _act(self, request: web.Request, action: str) -> web.Response:
         principal = await self._auth.require(request, *STAFF)
         alert_id = self._alert_id(request)
-        data = await _body(request) if request.can_read_body else {}
+        # body_exists, not can_read_body: a middleware may have read the body already
+        # (web.errors.refuse_nul_in_json), which leaves nothing "to read" but the cache.
+        data = await _body(request) if request.body_exists else {}
         comment = data.get("comment", "")
         if not isinstance(comment, str):
             raise json_error(web.HTTPBadRequest, "comment must be text")
