@@ -298,7 +298,8 @@ ROUTES: list[tuple[str, str, Any, set[str]]] = [
     ("POST", "/api/v1/streams", {"slug": "{role}-new", "title": "N"}, {"admin", "producer"}),
     ("PATCH", "/api/v1/streams/{role}-own", {"title": "Renamed"}, {"admin", "producer"}),
     ("POST", "/api/v1/streams/{role}-own/rotate-key", None, {"admin", "producer"}),
-    ("PUT", "/api/v1/streams/{role}-own/links", {"sites": ["s1"]}, {"admin", "producer"}),
+    # which sensors a stream shows is staff's call (web.permissions)
+    ("PUT", "/api/v1/streams/{role}-own/links", {"sites": ["s1"]}, {"admin", "logistics"}),
     ("POST", "/api/v1/streams/{role}-own/share", {"ttl_s": 600}, {"admin", "producer"}),
     ("DELETE", "/api/v1/streams/{role}-own", None, {"admin", "producer"}),
     ("POST", "/api/v1/alerts/1/acknowledge", {"comment": "on it"}, {"admin", "logistics"}),
@@ -389,9 +390,11 @@ async def test_producers_own_streams(client: TestClient) -> None:
         ("PATCH", "/api/v1/streams/pat-farm", {"title": "Mine now"}),
         ("DELETE", "/api/v1/streams/pat-farm", None),
         ("POST", "/api/v1/streams/pat-farm/rotate-key", None),
-        ("PUT", "/api/v1/streams/pat-farm/links", {"sites": ["x"]}),
     ]:
         assert "not yours" in await _error(await client.request(method, url, json=body, headers=quinn), 403)
+    # Links are staff's, even for a stream's owner.
+    r = await client.put("/api/v1/streams/pat-farm/links", json={"sites": ["x"]}, headers=pat)
+    assert "admin or logistics" in await _error(r, 403)
     # Another producer's unlisted stream does not exist for quinn.
     await _error(await client.patch("/api/v1/streams/pat-secret", json={"title": "x"}, headers=quinn), 404)
     await _error(await client.get("/api/v1/streams/pat-secret", headers=quinn), 404)
