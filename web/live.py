@@ -83,6 +83,7 @@ TREND_AGE = timedelta(seconds=60)
 _TREND_MIN_AGE = timedelta(seconds=30)
 _TREND_SPACING = timedelta(seconds=15)
 _TREND_KEEP = 12  # samples per device, 15 s apart at least: three minutes
+_TREND_SEED = timedelta(minutes=3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +180,10 @@ class LiveFeed:
         self._by_site: dict[str, set[_Client]] = {}
         self._by_device: dict[str, set[_Client]] = {}
         self._every: set[_Client] = set()  # selection "all"
+        # The telemetry topics subscribed now: one per watched device, or the wildcard while
+        # a console watches the whole fleet. Readings nobody watches never reach this process.
+        self._subscribed: set[str] = set()
+        self._subs_lock = threading.Lock()
         self._devices: dict[str, Device] = {}
         self._devices_at = 0.0
         self._trend: dict[str, deque[tuple[datetime, float]]] = {}
@@ -235,6 +240,7 @@ class LiveFeed:
             return
         self._devices = {d.device_id: d for d in devices}
         self._devices_at = time.monotonic()
+        self._sync_subscriptions()  # a device may have joined or left a watched site
 
     async def _refresh_loop(self) -> None:
         while True:
@@ -286,7 +292,9 @@ class LiveFeed:
         if reason.is_failure:
             log.error("live feed: broker refused the connection: %s", reason)
             return
-        client.subscribe([(f"{self._prefix}/+/telemetry", 0), (f"{self._prefix}/alerts/#", 0)])
+        with self._subs_lock:
+            topics = sorted(self._subscribed)
+        client.subscribe([(f"{self._prefix}/alerts/#", 0), *((t, 0) for t in topics)])
         self.connected.set()
         self.metrics.broker_connected.set(1)
 
@@ -467,6 +475,7 @@ class LiveFeed:
         for site in sel.sites:
             self._by_site.setdefault(site, set()).add(c)
         self.metrics.clients.set(len(self._clients))
+        self._sync_subscriptions()
 
     def _unregister(self, c: _Client) -> None:
         self._clients.discard(c)
@@ -481,6 +490,29 @@ class LiveFeed:
                 if not group:
                     del index[key]
         self.metrics.clients.set(len(self._clients))
+        self._sync_subscriptions()
+
+    def _wanted_topics(self) -> set[str]:
+        if self._every:
+            return {f"{self._prefix}/+/telemetry"}
+        devices = set(self._by_device)
+        if self._by_site:
+            devices |= {d.device_id for d in self._devices.values() if d.site_id in self._by_site}
+        return {f"{self._prefix}/{d}/telemetry" for d in devices}
+
+    def _sync_subscriptions(self) -> None:
+        """Subscribe to what the clients watch, unsubscribe from what nobody does (on the
+        event loop; paho's subscribe and unsubscribe are safe to call from any thread)."""
+        wanted = self._wanted_topics()
+        with self._subs_lock:
+            add, drop = wanted - self._subscribed, self._subscribed - wanted
+            self._subscribed = wanted
+        if not self.connected.is_set():
+            return  # _on_connect subscribes to the whole set
+        if add:
+            self._client.subscribe([(t, 0) for t in sorted(add)])
+        if drop:
+            self._client.unsubscribe(sorted(drop))
 
     def clients(self) -> list[dict[str, Any]]:
         """For tests and operators: each client's queue length, high-water mark, coalescings."""
@@ -521,10 +553,14 @@ class LiveFeed:
         seq = self.seq
         store = self._store()
 
-        def read() -> tuple[list[Reading], list[dict[str, Any]]]:
+        # Readings of devices nobody watched were not received: the trend's reference of a
+        # newly watched device comes from the store (the last few minutes).
+        unsampled = [] if sel.kind == "all" else [d for d in device_ids if not self._trend.get(d)]
+
+        def read() -> tuple[list[Reading], list[dict[str, Any]], dict[str, list[Reading]]]:
             every = sel.kind == "all"
             if not device_ids and not every:
-                return [], []
+                return [], [], {}
             latest = store.latest(None if every else device_ids)
             wanted = set(device_ids)
             alerts = [
@@ -532,9 +568,15 @@ class LiveFeed:
                 for a in store.list_alerts(AlertFilter(state=ACTIVE, limit=1000))
                 if every or a.device_id in wanted or a.site_id in sel.sites
             ]
-            return latest, alerts
+            now = datetime.now(UTC)
+            recent = {d: store.device_readings(d, now - _TREND_SEED, now) for d in unsampled}
+            return latest, alerts, recent
 
-        latest, alerts = await asyncio.to_thread(read)
+        latest, alerts, recent = await asyncio.to_thread(read)
+        for device, rows in recent.items():
+            if not self._trend.get(device):
+                for r in sorted(rows, key=lambda r: r.ts):
+                    self._trend_ref(r)  # records the sample, spaced as live readings are
         readings = []
         for r in latest:
             body = reading_dict(r)
