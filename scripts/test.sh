@@ -64,7 +64,14 @@ fi
 failed=()
 .venv/bin/ruff check . || failed+=(ruff)
 .venv/bin/lint-imports || failed+=(lint-imports)
-.venv/bin/pytest "$@" || failed+=(pytest)
+if (($#)); then
+    .venv/bin/pytest "$@" || failed+=(pytest)
+else
+    .venv/bin/pytest -m "not isolated" || failed+=(pytest)
+    # Load tests that time a server in the test process (the 200 live-feed clients): in a
+    # process of their own, so what earlier tests left in this one cannot skew the timing.
+    .venv/bin/pytest -m isolated || failed+=(pytest-isolated)
+fi
 
 if ((${#failed[@]})); then
     echo "test.sh: FAILED: ${failed[*]}" >&2

@@ -287,6 +287,7 @@ def rss_mb() -> float:
     return float(psutil.Process().memory_info().rss) / 1e6
 
 
+@pytest.mark.isolated
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("live_db", ["sqlite"], indirect=True)
 async def test_200_clients_one_never_reading(aiohttp_client, mosquitto, live_db):
