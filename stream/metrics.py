@@ -19,11 +19,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 
-from prometheus_client import CollectorRegistry
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from stream.hub import StreamHub
 from stream.stats import StreamState
 
 _LABELS = ["stream"]
@@ -68,9 +66,3 @@ class StreamCollector(Collector):
             f["uptime"].add_metric(labels, float(s.uptime_s))
         yield from f.values()
 
-
-def register_stream_metrics(registry: CollectorRegistry, hub: StreamHub) -> StreamCollector:
-    """Export ``hub``'s streams on ``registry`` (the app's own, never the global one)."""
-    collector = StreamCollector(hub.states)
-    registry.register(collector)
-    return collector
