@@ -25,6 +25,8 @@ from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 
+from telemetry.readings import PLAIN_ID
+
 PDF, JPEG, PNG = "application/pdf", "image/jpeg", "image/png"
 # The first bytes of each accepted format (its "magic"), longest first.
 _MAGIC: tuple[tuple[bytes, str], ...] = (
@@ -34,7 +36,7 @@ _MAGIC: tuple[tuple[bytes, str], ...] = (
 )
 MAGIC_BYTES = 8  # enough to tell the formats above apart
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
-BATCH_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+BATCH_RE = PLAIN_ID
 MAX_NAME = 200
 
 

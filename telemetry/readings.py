@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
+
+# Device, site, profile, rule and batch ids appear in MQTT topics, alert keys and URLs:
+# plain text, one rule for all of them.
+PLAIN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 
 
 class Reading(NamedTuple):

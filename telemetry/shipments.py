@@ -30,14 +30,12 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from telemetry.alerts.rules import Profile, RuleError, builtin_profiles
-from telemetry.readings import Reading
+from telemetry.readings import PLAIN_ID, Reading
 from telemetry.storage.alerts import AlertRecord
 
 # Lower case only: ids end up in QR codes and printed labels, where case is easily lost.
 SHIPMENT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9-]{2,39}$")
-_DEVICE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 _STREAM_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
-_SITE_RE = _DEVICE_RE
 RANDOM_ID_CHARS = 10  # 50 bits of base32: unguessable enough for an unlisted page
 MAX_TEXT = 200
 MAX_SEGMENTS = 100
@@ -137,7 +135,7 @@ class Segment:
     label: str | None = None  # "Truck 7, Shanghai → Hangzhou": what a reader sees in the route
 
     def __post_init__(self) -> None:
-        _plain_id(self.device_id, "segments.device_id", _DEVICE_RE, "1-64 of A-Z a-z 0-9 _ . -")
+        _plain_id(self.device_id, "segments.device_id", PLAIN_ID, "1-64 of A-Z a-z 0-9 _ . -")
         object.__setattr__(self, "start", utc(self.start, "segments.start"))
         if self.end is not None:
             end = utc(self.end, "segments.end")
@@ -198,8 +196,8 @@ class Shipment:
         check_shipment_id(self.id)
         for name in ("product", "batch"):
             object.__setattr__(self, name, _text(getattr(self, name), name, required=True))
-        _plain_id(self.origin_site, "origin_site", _SITE_RE, "1-64 of A-Z a-z 0-9 _ . -")
-        _plain_id(self.profile_id, "profile_id", _DEVICE_RE, "a profile id")
+        _plain_id(self.origin_site, "origin_site", PLAIN_ID, "1-64 of A-Z a-z 0-9 _ . -")
+        _plain_id(self.profile_id, "profile_id", PLAIN_ID, "a profile id")
         object.__setattr__(self, "opened_at", utc(self.opened_at, "opened_at"))
         if not isinstance(self.state, ShipmentState):
             try:

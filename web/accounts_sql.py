@@ -29,6 +29,7 @@ import psycopg
 from psycopg import errors as pg_errors
 from psycopg_pool import ConnectionPool
 
+from telemetry.storage.sqlite import database_path
 from web.accounts import (
     AccountRepository,
     ApiToken,
@@ -181,20 +182,12 @@ def open_account_repository(database_url: str) -> AccountRepository:
     raise ValueError("database URL must be sqlite:///… or postgresql://…")
 
 
-def _sqlite_path(url: str) -> str:
-    rest = url[len("sqlite://") :].split("?", 1)[0]
-    if rest in ("", "/", "/:memory:", ":memory:"):
-        return ":memory:"
-    if not rest.startswith("/"):
-        raise ValueError(f"sqlite URL must be sqlite:///path: {url!r}")
-    return rest[1:]
-
 
 class SqliteAccountRepository:
     kind = "sqlite"
 
     def __init__(self, url: str) -> None:
-        self._path = _sqlite_path(url)
+        self._path = database_path(url)
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
 

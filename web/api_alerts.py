@@ -23,7 +23,6 @@ without ``--no-ingest``); a web-only node answers them with 503. Errors are
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -34,21 +33,19 @@ from aiohttp import web
 from telemetry.alerts import LifecycleError, Profile, RuleError, Severity, UnknownAlert
 from telemetry.alerts.rules import builtin_profiles
 from telemetry.alerts.service import AlertService
+from telemetry.readings import PLAIN_ID
 from telemetry.storage import Store
 from telemetry.storage.alerts import ACTIVE, ALERT_STATES, AlertFilter, Device
 from web.auth import Authenticator
-from web.errors import json_error
+from web.errors import json_error, json_response
 from web.permissions import STAFF
 
 ALERTS = web.AppKey("alerts", AlertService)
 
 # Ids that are safe in an MQTT topic level (no '/', '+', '#') and in a URL.
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 _MAX_LIMIT = 1000
 
 
-def _json(body: object, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
@@ -65,7 +62,7 @@ def _optional_id(data: dict[str, Any], key: str) -> str | None:
     value = data.get(key)
     if value is None:
         return None
-    if not isinstance(value, str) or not _ID.match(value):
+    if not isinstance(value, str) or not PLAIN_ID.match(value):
         raise json_error(
             web.HTTPBadRequest, f"{key} must be 1-64 of A-Z a-z 0-9 _ . - (starting with a letter or digit)"
         )
@@ -143,7 +140,7 @@ class AlertsApi:
             limit=limit,
         )
         rows = await asyncio.to_thread(self._store().list_alerts, f)
-        return _json({"alerts": [r.to_dict() for r in rows]})
+        return json_response({"alerts": [r.to_dict() for r in rows]})
 
     def _alert_id(self, request: web.Request) -> int:
         try:
@@ -157,7 +154,7 @@ class AlertsApi:
         rec = await asyncio.to_thread(self._store().get_alert, alert_id)
         if rec is None:
             raise json_error(web.HTTPNotFound, f"no alert {alert_id}")
-        return _json(rec.to_dict(with_audit=True))
+        return json_response(rec.to_dict(with_audit=True))
 
     async def acknowledge(self, request: web.Request) -> web.Response:
         return await self._act(request, "acknowledge")
@@ -184,7 +181,7 @@ class AlertsApi:
             raise json_error(web.HTTPNotFound, str(exc)) from None
         except LifecycleError as exc:
             raise json_error(web.HTTPConflict, str(exc)) from None
-        return _json(event)
+        return json_response(event)
 
     # -- profiles --------------------------------------------------------------------------
 
@@ -201,7 +198,7 @@ class AlertsApi:
                     profiles[pid] = Profile.from_dict(d)
                 except RuleError:
                     continue  # the engine logs it when it loads; not usable anyway
-        return _json(
+        return json_response(
             {"profiles": [{**p.to_dict(), "builtin": pid in builtin} for pid, p in sorted(profiles.items())]}
         )
 
@@ -221,19 +218,19 @@ class AlertsApi:
             await asyncio.to_thread(service.save_profile, profile)
         except RuleError as exc:
             raise json_error(web.HTTPBadRequest, str(exc)) from None
-        return _json({**profile.to_dict(), "builtin": False})
+        return json_response({**profile.to_dict(), "builtin": False})
 
     # -- devices ---------------------------------------------------------------------------
 
     async def list_devices(self, request: web.Request) -> web.Response:
         await self._auth.require(request, *STAFF)
         devices = await asyncio.to_thread(self._store().list_devices)
-        return _json({"devices": [d.to_dict() for d in devices]})
+        return json_response({"devices": [d.to_dict() for d in devices]})
 
     async def put_device(self, request: web.Request) -> web.Response:
         principal = await self._auth.require(request, *STAFF)
         device_id = request.match_info["id"]
-        if not _ID.match(device_id):
+        if not PLAIN_ID.match(device_id):
             raise json_error(web.HTTPBadRequest, "device id must be 1-64 of A-Z a-z 0-9 _ . -")
         data = await _body(request)
         unknown = set(data) - {"site_id", "profile_id", "name"}
@@ -249,4 +246,4 @@ class AlertsApi:
             await asyncio.to_thread(service.assign, device, principal.name)
         except KeyError as exc:
             raise json_error(web.HTTPBadRequest, str(exc.args[0])) from None
-        return _json(device.to_dict())
+        return json_response(device.to_dict())

@@ -27,22 +27,19 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 from telemetry.evidence.canonical import ReadingsBatch, RecordError, parse_record
 from telemetry.evidence.tiles import TILE_WIDTH, TilePathError, parse_tile_path
 from telemetry.storage import Store
 from telemetry.storage.evidence_batches import ts_us
-from web.errors import json_error
+from web.errors import json_error, json_response
 from web.evidence import EvidenceService, NoSigningKey
 
 MAX_INDICES = 1000
 _IMMUTABLE = "public, max-age=31536000, immutable"
 
 
-def _json(body: object) -> web.Response:
-    return web.Response(body=orjson.dumps(body), content_type="application/json")
 
 
 def _b64(b: bytes) -> str:
@@ -106,7 +103,7 @@ class EvidenceApi:
         service = self._service()
         if service.signer is None:
             raise json_error(web.HTTPServiceUnavailable, "this server has no signing key")
-        return _json({"origin": service.signer.name, "vkey": service.vkey})
+        return json_response({"origin": service.signer.name, "vkey": service.vkey})
 
     async def proofs(self, request: web.Request) -> web.Response:
         indices = _indices(request)
@@ -128,7 +125,7 @@ class EvidenceApi:
                 "proofs": {str(i): [_b64(h) for h in proofs[i]] for i in indices},
             }
 
-        return _json(await self._run(run))
+        return json_response(await self._run(run))
 
     async def leaves(self, request: web.Request) -> web.Response:
         indices = _indices(request)
@@ -144,7 +141,7 @@ class EvidenceApi:
                 out[str(i)] = _b64(log.leaves(conn, i, i + 1)[0].entry)
             return {"leaves": out}
 
-        return _json(await self._run(run))
+        return json_response(await self._run(run))
 
     async def device_batches(self, request: web.Request) -> web.Response:
         device = request.match_info["id"]
@@ -173,7 +170,7 @@ class EvidenceApi:
                 )
             return out
 
-        return _json({"device_id": device, "batches": await self._run(run)})
+        return json_response({"device_id": device, "batches": await self._run(run)})
 
     async def batch_readings(self, request: web.Request) -> web.Response:
         index = _int_param("index", request.match_info["index"])
@@ -195,7 +192,7 @@ class EvidenceApi:
         rows = await asyncio.to_thread(
             self._store().readings_of_leaf, record.device_id, index, record.ts_first_us, record.ts_last_us
         )
-        return _json(
+        return json_response(
             {
                 "index": index,
                 "device_id": record.device_id,

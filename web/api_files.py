@@ -23,7 +23,6 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, unquote
 
-import orjson
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
 
@@ -32,7 +31,7 @@ from telemetry.shipments import ShipmentError, check_shipment_id
 from telemetry.storage import Store
 from telemetry.storage.files import FileCatalog
 from web.auth import Authenticator
-from web.errors import json_error
+from web.errors import json_error, json_response
 
 UPLOADERS = ("admin", "logistics", "producer")
 BATCH_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}"
@@ -49,8 +48,6 @@ class _TooLarge(web.HTTPClientError):
 _STATUS = {400: web.HTTPBadRequest, 413: _TooLarge, 415: web.HTTPUnsupportedMediaType}
 
 
-def _json(body: object, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
 
 
 class FilesApi:
@@ -120,7 +117,7 @@ class FilesApi:
             # The row and leaf did not commit; the bytes stay only if another row names them.
             await asyncio.to_thread(self._forget_unreferenced, blob.sha256)
             raise
-        return _json(stored.to_dict(), status=201)
+        return json_response(stored.to_dict(), status=201)
 
     def _forget_unreferenced(self, sha256: str) -> None:
         if self._catalog.by_sha256(sha256) is None:
@@ -220,7 +217,7 @@ class FilesApi:
             except ShipmentError as exc:
                 raise json_error(web.HTTPBadRequest, str(exc)) from None
         files = await asyncio.to_thread(self._catalog.for_batch, batch, raw)
-        return _json({"product_batch": batch, "files": [public_file(f) for f in files]})
+        return json_response({"product_batch": batch, "files": [public_file(f) for f in files]})
 
     async def download(self, request: web.Request) -> web.FileResponse:
         sha = request.match_info["sha256"]

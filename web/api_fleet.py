@@ -30,17 +30,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 from telemetry.alerts import Profile, RuleError
 from telemetry.alerts.rules import LimitRule, Metric, OfflineRule, builtin_profiles
 from telemetry.alerts.service import AlertService
-from telemetry.readings import Reading
+from telemetry.readings import PLAIN_ID, Reading
 from telemetry.storage import Store
 from telemetry.storage.alerts import ACTIVE, AlertFilter, AlertRecord, Device
 from web.auth import Authenticator
-from web.errors import json_error
+from web.errors import json_error, json_response
 
 # The watch page calls a reading stale after two minutes too: one meaning everywhere.
 STALE_AFTER_S = 120.0
@@ -57,14 +56,11 @@ MAX_POINTS = 10_000
 NICE_BUCKETS_S = (10, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
 MAX_ACTIVE_ALERTS = 1000
 
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 _BUCKET = re.compile(r"^\s*(\d{1,9})\s*([smhd]?)\s*$")
 _UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _SEVERITY_RANK = {"critical": 0, "major": 1, "minor": 2, "warning": 3}
 
 
-def _json(body: object) -> web.Response:
-    return web.Response(body=orjson.dumps(body), content_type="application/json")
 
 
 def _iso(t: datetime) -> str:
@@ -231,14 +227,14 @@ class FleetApi:
                     "state": device_state(r, mine, now, offline_after),
                 }
             )
-        return _json({"now": _iso(now), "stale_after_s": STALE_AFTER_S, "devices": out})
+        return json_response({"now": _iso(now), "stale_after_s": STALE_AFTER_S, "devices": out})
 
     # -- GET /api/v1/devices/{id}/history ------------------------------------------------------
 
     async def history(self, request: web.Request) -> web.Response:
         await self._staff(request)
         device_id = request.match_info["id"]
-        if not _ID.match(device_id):
+        if not PLAIN_ID.match(device_id):
             raise json_error(web.HTTPBadRequest, "device id must be 1-64 of A-Z a-z 0-9 _ . -")
         q = request.query
         end = parse_time("to", q["to"]) if q.get("to") else datetime.now(UTC)
@@ -274,7 +270,7 @@ class FleetApi:
             raise json_error(web.HTTPNotFound, f"no device {device_id!r} (never assigned, never published)")
         profile_id = device.profile_id if device else None
         view = (await self._profiles()).get(profile_id) if profile_id else None
-        return _json(
+        return json_response(
             {
                 "device_id": device_id,
                 "name": device.name if device else None,

@@ -19,11 +19,13 @@ import orjson
 from aiohttp import web
 
 from web.auth import SESSION_COOKIE, Authenticator, same_origin
-from web.errors import json_error
+from web.errors import json_error, json_response
 from web.i18n import LANGUAGE_COOKIE, choose_language, load_catalogs
 from web.pages import TEMPLATE_DIR, PageRenderer
 
 DEFAULT_NEXT = "/console"
+# Answers hold a CSRF token: no cache may keep them.
+_NO_STORE = {"Cache-Control": "no-store"}
 _CSP = "; ".join(
     (
         "default-src 'self'",
@@ -50,14 +52,6 @@ def safe_next(value: str | None) -> str:
     return value
 
 
-def _json(body: object, *, status: int = 200) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(body),
-        status=status,
-        content_type="application/json",
-        # Holds a CSRF token: no cache may keep it.
-        headers={"Cache-Control": "no-store"},
-    )
 
 
 class SessionApi:
@@ -85,7 +79,7 @@ class SessionApi:
         if old and self._auth.accounts is not None:
             await self._auth.accounts.logout(old)
         active = await self._auth.accounts.session(login.session_id) if self._auth.accounts else None
-        response = _json(
+        response = json_response(
             {
                 "user": login.user.name,
                 "display_name": login.user.display_name,
@@ -93,7 +87,8 @@ class SessionApi:
                 "via": "session",
                 "csrf_token": login.csrf_token,
                 "expires_at": active.expires_at.isoformat().replace("+00:00", "Z") if active else None,
-            }
+            },
+            headers=_NO_STORE,
         )
         self._auth.set_session_cookie(request, response, login.session_id)
         return response
@@ -108,7 +103,7 @@ class SessionApi:
         if principal.via != "admin-token" and self._auth.accounts is not None:
             user = await self._auth.accounts.get_user(principal.name)
             body["display_name"] = user.display_name if user else None
-        return _json(body)
+        return json_response(body, headers=_NO_STORE)
 
     async def logout(self, request: web.Request) -> web.Response:
         session_id = request.cookies.get(SESSION_COOKIE)

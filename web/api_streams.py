@@ -44,7 +44,7 @@ from stream.registry import (
     effective_links,
 )
 from web.auth import Authenticator, Principal
-from web.errors import json_error
+from web.errors import json_error, json_response
 from web.permissions import STREAM_OWNERS
 from web.share import SHARE_TTL_DEFAULT_S, SHARE_TTL_MAX_S, SHARE_TTL_MIN_S, ShareLinks
 
@@ -100,7 +100,7 @@ class StreamsApi:
         p = await self._auth.identify(request)
         streams = await asyncio.to_thread(self._registry.list_streams, include_unlisted=p is not None)
         shown = [s for s in streams if s.visibility == "public" or _may_see_unlisted(p, s)]
-        return _json({"streams": [self._describe(s, admin=_may_manage(p, s)) for s in shown]})
+        return json_response({"streams": [self._describe(s, admin=_may_manage(p, s)) for s in shown]})
 
     async def _readable(self, request: web.Request, slug: str) -> tuple[Principal | None, Stream]:
         """The stream if this request may read it; 404 as for an unknown one otherwise."""
@@ -127,7 +127,7 @@ class StreamsApi:
 
     async def get(self, request: web.Request) -> web.Response:
         p, stream = await self._readable(request, request.match_info["slug"])
-        return _json(self._describe(stream, admin=_may_manage(p, stream)))
+        return json_response(self._describe(stream, admin=_may_manage(p, stream)))
 
     def _describe(self, s: Stream, *, admin: bool) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -203,7 +203,7 @@ class StreamsApi:
         log.info("stream %s created (%s, %s)", stream.slug, stream.kind, stream.visibility)
         out = self._describe(stream, admin=True)
         out["publish_key"] = key  # shown once: only its hash is stored
-        return _json(out, status=201, headers={"Location": f"/api/v1/streams/{stream.slug}"})
+        return json_response(out, status=201, headers={"Location": f"/api/v1/streams/{stream.slug}"})
 
     async def update(self, request: web.Request) -> web.Response:
         slug = request.match_info["slug"]
@@ -233,7 +233,7 @@ class StreamsApi:
             raise json_error(web.HTTPUnprocessableEntity, str(exc)) from None
         if stream.kind != "whip":
             await self._end_publisher(slug, "the stream no longer takes WHIP publishers")
-        return _json(self._describe(stream, admin=True))
+        return json_response(self._describe(stream, admin=True))
 
     async def delete(self, request: web.Request) -> web.Response:
         slug = request.match_info["slug"]
@@ -255,7 +255,7 @@ class StreamsApi:
         # A rotation is how a leaked key is revoked: whoever publishes with it goes too.
         await self._end_publisher(slug, "the publish key was rotated")
         log.info("stream %s: publish key rotated", slug)
-        return _json({"slug": slug, "publish_key": key})
+        return json_response({"slug": slug, "publish_key": key})
 
 
     # -- links and share links --------------------------------------------------------------
@@ -275,7 +275,7 @@ class StreamsApi:
 
     async def get_links(self, request: web.Request) -> web.Response:
         await self._readable(request, request.match_info["slug"])
-        return _json(await self._links_body(request.match_info["slug"]))
+        return json_response(await self._links_body(request.match_info["slug"]))
 
     async def put_links(self, request: web.Request) -> web.Response:
         slug = request.match_info["slug"]
@@ -291,7 +291,7 @@ class StreamsApi:
         except InvalidStream as exc:
             raise json_error(web.HTTPUnprocessableEntity, str(exc)) from None
         log.info("stream %s: links set (%d sites, %d devices)", slug, len(links.sites), len(links.devices))
-        return _json(await self._links_body(slug))
+        return json_response(await self._links_body(slug))
 
     async def share(self, request: web.Request) -> web.Response:
         slug = request.match_info["slug"]
@@ -310,7 +310,7 @@ class StreamsApi:
         except StreamNotFound:
             raise json_error(web.HTTPNotFound, f"no stream named {slug!r}") from None
         log.info("stream %s: share link issued for %d s", slug, ttl)
-        return _json(
+        return json_response(
             {
                 "url": f"/watch/{slug}?share={token}",
                 "expires_at": expires.isoformat().replace("+00:00", "Z"),
@@ -319,10 +319,6 @@ class StreamsApi:
         )
 
 
-def _json(body: object, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(body), status=status, content_type="application/json", headers=headers
-    )
 
 
 async def _read_object(request: web.Request, allowed: frozenset[str]) -> dict[str, Any]:

@@ -34,7 +34,7 @@ from web.accounts import (
     WrongPassword,
 )
 from web.auth import SESSION_COOKIE, Authenticator, Principal
-from web.errors import json_error
+from web.errors import json_error, json_response
 from web.permissions import ADMIN, ANY_USER
 
 _CREATE = frozenset({"name", "role", "password", "display_name"})
@@ -42,10 +42,6 @@ _PATCH = frozenset({"display_name", "role", "disabled", "password", "old_passwor
 _SELF_PATCH = frozenset({"display_name", "password", "old_password"})
 
 
-def _json(body: object, *, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(body), status=status, content_type="application/json", headers=headers
-    )
 
 
 async def _read_object(request: web.Request, allowed: frozenset[str]) -> dict[str, Any]:
@@ -95,7 +91,7 @@ class UsersApi:
 
     async def list_users(self, request: web.Request) -> web.Response:
         await self._auth.require(request, *ADMIN)
-        return _json({"users": [u.to_dict() for u in await self._accounts.list_users()]})
+        return json_response({"users": [u.to_dict() for u in await self._accounts.list_users()]})
 
     async def create_user(self, request: web.Request) -> web.Response:
         await self._auth.require(request, *ADMIN)
@@ -109,7 +105,7 @@ class UsersApi:
             )
         except AccountError as exc:
             raise _account_error(exc) from None
-        return _json(user.to_dict(), status=201, headers={"Location": f"/api/v1/users/{user.name}"})
+        return json_response(user.to_dict(), status=201, headers={"Location": f"/api/v1/users/{user.name}"})
 
     async def update_user(self, request: web.Request) -> web.Response:
         principal = await self._auth.require(request, *ANY_USER)
@@ -133,7 +129,7 @@ class UsersApi:
                 user = found
         except AccountError as exc:
             raise _account_error(exc) from None
-        return _json(user.to_dict())
+        return json_response(user.to_dict())
 
     async def _set_password(
         self, request: web.Request, principal: Principal, name: str, body: dict[str, Any], *, is_self: bool
@@ -173,7 +169,7 @@ class UsersApi:
     async def list_tokens(self, request: web.Request) -> web.Response:
         principal = await self._auth.require(request, *ANY_USER)
         owner = None if principal.role == "admin" else principal.name
-        return _json({"tokens": [t.to_dict() for t in await self._accounts.list_tokens(owner)]})
+        return json_response({"tokens": [t.to_dict() for t in await self._accounts.list_tokens(owner)]})
 
     async def create_token(self, request: web.Request) -> web.Response:
         principal = await self._auth.require(request, *ANY_USER)
@@ -192,7 +188,7 @@ class UsersApi:
         except AccountError as exc:
             raise _account_error(exc) from None
         # Shown once: only its SHA-256 is stored.
-        return _json({**record.to_dict(), "token": token}, status=201)
+        return json_response({**record.to_dict(), "token": token}, status=201)
 
     async def revoke_token(self, request: web.Request) -> web.Response:
         principal = await self._auth.require(request, *ANY_USER)

@@ -55,7 +55,6 @@ __all__ = [
     "FailureThrottle",
     "Principal",
     "bearer_token",
-    "json_error",  # re-exported: the WHIP and WHEP endpoints import it from here
 ]
 
 SESSION_COOKIE = "origincast_session"

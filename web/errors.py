@@ -1,4 +1,5 @@
-"""The one error shape every HTTP API of ours answers with: ``{"error": "<what is wrong>"}``."""
+"""JSON in and out of every HTTP API of ours: answers through ``json_response``, and the one
+error shape, ``{"error": "<what is wrong>"}``."""
 
 from __future__ import annotations
 
@@ -6,6 +7,14 @@ from collections.abc import Awaitable, Callable
 
 import orjson
 from aiohttp import web
+
+
+def json_response(
+    body: object, *, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(body), status=status, content_type="application/json", headers=headers
+    )
 
 
 def json_error(

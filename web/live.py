@@ -72,7 +72,8 @@ from telemetry.readings import Reading
 from telemetry.settings import IngestSettings
 from telemetry.storage import StorageUnavailable, Store
 from telemetry.storage.alerts import ACTIVE, AlertFilter, Device
-from web.auth import Authenticator, json_error, same_origin
+from web.auth import Authenticator, same_origin
+from web.errors import json_error
 
 log = logging.getLogger(__name__)
 

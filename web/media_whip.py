@@ -42,7 +42,8 @@ from stream.ice import IcePolicy
 from stream.registry import SLUG_RE, Stream
 from stream.settings import StreamSettings
 from stream.sources.whip import OfferError, WhipSource, inspect_offer
-from web.auth import Authenticator, bearer_token, json_error
+from web.auth import Authenticator, bearer_token
+from web.errors import json_error
 
 log = logging.getLogger(__name__)
 

@@ -13,12 +13,13 @@ volts for batteries, seconds for every duration.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Any, ClassVar
+
+from telemetry.readings import PLAIN_ID
 
 
 class RuleError(ValueError):
@@ -45,8 +46,7 @@ class Metric(StrEnum):
     RH = "rh"
 
 
-# Rule ids appear in alert keys, MQTT payloads and URLs: keep them plain.
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+_ID_RE = PLAIN_ID  # rule ids appear in alert keys, MQTT payloads and URLs
 
 
 def _where(rule_id: object) -> str:
