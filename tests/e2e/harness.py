@@ -21,13 +21,15 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from playwright.sync_api import Browser, sync_playwright
 
 from tests.support.processes import REPO
+from web.embedded_broker import free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Debian's Chromium on these machines (the env notes): without the background-networking
@@ -171,3 +173,119 @@ def launch_chromium(executable: str) -> Iterator[Browser]:
             yield b
         finally:
             b.close()
+
+
+# An alert profile whose upper limit fires at once: a browser test sees the alert without
+# waiting out a real profile's delay.
+ZERO_DELAY = {
+    "name": "Zero delay (test)",
+    "rules": [
+        {"kind": "limit", "id": "upper", "direction": "above", "threshold": 4.0, "delay_s": 0,
+         "clear_hysteresis": 0.5, "clear_for_s": 0},
+    ],
+}  # fmt: skip
+
+# Run inside the namespace (the test process is outside it).
+_PUBLISH = """
+import sys, paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+c = mqtt.Client(CallbackAPIVersion.VERSION2)
+c.connect("127.0.0.1", int(sys.argv[1]))
+c.loop_start()
+c.publish(sys.argv[2], sys.argv[3], qos=1).wait_for_publish(10)
+c.disconnect()
+c.loop_stop()
+"""
+_REQUEST = """
+import json, sys, urllib.request
+req = urllib.request.Request(sys.argv[1], data=sys.argv[3].encode() or None, method=sys.argv[2],
+    headers={"Authorization": "Bearer " + sys.argv[4], "Content-Type": "application/json"})
+try:
+    with urllib.request.urlopen(req, timeout=10) as r:
+        print(json.dumps({"status": r.status, "body": r.read().decode()}))
+except urllib.error.HTTPError as e:
+    print(json.dumps({"status": e.code, "body": e.read().decode()}))
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class LiveServer:
+    """`origincast serve` with its own Mosquitto, both in the namespace: readings go in
+    over MQTT, API calls over HTTP, from helper processes inside the namespace."""
+
+    base_url: str
+    port: int
+    mqtt_port: int
+    netns: NetNs
+    log_path: Path
+
+    def run(self, *args: str) -> str:
+        out = subprocess.run(
+            [*self.netns.prefix(), sys.executable, "-c", *args], capture_output=True, text=True, timeout=30
+        )
+        assert out.returncode == 0, out.stderr[-800:]
+        return out.stdout
+
+    def reading(self, device: str, temp: float, ts: datetime | None = None, **extra: object) -> None:
+        ts = ts or datetime.now(UTC)
+        body = json.dumps({"ts": int(ts.timestamp() * 1000), "temp_c": temp, **extra})
+        self.run(_PUBLISH, str(self.mqtt_port), f"origincast/{device}/telemetry", body)
+
+    def request(self, method: str, path: str, body: object = None) -> tuple[int, object]:
+        raw = "" if body is None else json.dumps(body)
+        url = f"http://127.0.0.1:{self.port}{path}"
+        answer = json.loads(self.run(_REQUEST, url, method, raw, ADMIN_TOKEN))
+        return int(answer["status"]), json.loads(answer["body"] or "null")
+
+    def log_tail(self) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-40:])
+
+
+@contextlib.contextmanager
+def serve_with_broker(
+    workdir: Path, netns: NetNs, prepare: Callable[[str, dict[str, str]], None]
+) -> Iterator[LiveServer]:
+    """Mosquitto and `origincast serve` on a SQLite database in ``workdir``;
+    ``prepare(database_url, env)`` fills the database before the server starts (the
+    alert engine and the live feed read it at start). The server must exit cleanly."""
+    port, mqtt_port = free_port(), free_port()
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(f"listener {mqtt_port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    broker = subprocess.Popen(
+        [*netns.prefix(), "/usr/sbin/mosquitto", "-c", str(conf)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        db = f"sqlite:///{workdir / 'origincast.db'}"
+        env = server_env(db, port, ORIGINCAST_MQTT_URL=f"mqtt://127.0.0.1:{mqtt_port}")
+        prepare(db, env)
+        log_path = workdir / "serve.log"
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(
+                [*netns.prefix(), sys.executable, "-m", "web", "serve"],
+                cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        srv = LiveServer(f"http://localhost:{port}", port, mqtt_port, netns, log_path)
+        try:
+            wait_healthy(netns, port, proc)
+            deadline = time.monotonic() + 20
+            while netns.http_get(f"http://127.0.0.1:{port}/readyz")[0] != 200:
+                assert time.monotonic() < deadline, srv.log_tail()
+                time.sleep(0.2)
+            yield srv
+        finally:
+            code = stop_process(proc)
+        assert code == 0, f"serve exited with {code}:\n{srv.log_tail()}"
+    finally:
+        broker.terminate()
+        broker.wait(10)
+
+
+def add_stream(workdir: Path, env: dict[str, str], slug: str, title: str, site: str) -> None:
+    """`origincast streams add`, as an operator runs it."""
+    out = subprocess.run(
+        [sys.executable, "-m", "web", "streams", "add", slug, "--title", title, "--site", site],
+        cwd=workdir, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr

@@ -18,14 +18,9 @@ Screenshots go to test-artifacts/console-*.png.
 from __future__ import annotations
 
 import asyncio
-import json
 import re
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -37,10 +32,9 @@ from telemetry.readings import Reading
 from telemetry.settings import StorageSettings
 from telemetry.storage import open_store
 from telemetry.storage.alerts import Device
-from tests.e2e.harness import ADMIN_TOKEN, NetNs, server_env, stop_process, wait_healthy
+from tests.e2e.harness import ZERO_DELAY, LiveServer, NetNs, add_stream, serve_with_broker
 from web.accounts import AccountService
 from web.accounts_sql import open_account_repository
-from web.embedded_broker import free_port
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -49,127 +43,37 @@ TABLET = {"width": 820, "height": 1180}  # an iPad Air's CSS viewport, upright
 SLUG, SITE, OTHER_SITE = "depot-cam", "Depot 4", "Farm 2"
 COLDROOM, FREEZER = "coldroom-4", "freezer-2"
 USER, PASSWORD, DISPLAY_NAME = "lin", "cold-chain-e2e-password", "Lin Wei"
-ZERO_DELAY = {
-    "name": "Zero delay (test)",
-    "rules": [
-        {"kind": "limit", "id": "upper", "direction": "above", "threshold": 4.0, "delay_s": 0,
-         "clear_hysteresis": 0.5, "clear_for_s": 0},
-    ],
-}  # fmt: skip
-
-# Run inside the namespace (the test process is outside it).
-_PUBLISH = """
-import sys, paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-c = mqtt.Client(CallbackAPIVersion.VERSION2)
-c.connect("127.0.0.1", int(sys.argv[1]))
-c.loop_start()
-c.publish(sys.argv[2], sys.argv[3], qos=1).wait_for_publish(10)
-c.disconnect()
-c.loop_stop()
-"""
-_REQUEST = """
-import json, sys, urllib.request
-req = urllib.request.Request(sys.argv[1], data=sys.argv[3].encode() or None, method=sys.argv[2],
-    headers={"Authorization": "Bearer " + sys.argv[4], "Content-Type": "application/json"})
-try:
-    with urllib.request.urlopen(req, timeout=10) as r:
-        print(json.dumps({"status": r.status, "body": r.read().decode()}))
-except urllib.error.HTTPError as e:
-    print(json.dumps({"status": e.code, "body": e.read().decode()}))
-"""
-
-
-@dataclass(frozen=True, slots=True)
-class ConsoleServer:
-    base_url: str
-    port: int
-    mqtt_port: int
-    netns: NetNs
-    log_path: Path
-
-    def run(self, *args: str) -> str:
-        out = subprocess.run(
-            [*self.netns.prefix(), sys.executable, "-c", *args], capture_output=True, text=True, timeout=30
-        )
-        assert out.returncode == 0, out.stderr[-800:]
-        return out.stdout
-
-    def reading(self, device: str, temp: float, **extra: object) -> None:
-        body = json.dumps({"ts": int(datetime.now(UTC).timestamp() * 1000), "temp_c": temp, **extra})
-        self.run(_PUBLISH, str(self.mqtt_port), f"origincast/{device}/telemetry", body)
-
-    def request(self, method: str, path: str, body: object = None) -> tuple[int, object]:
-        raw = "" if body is None else json.dumps(body)
-        url = f"http://127.0.0.1:{self.port}{path}"
-        answer = json.loads(self.run(_REQUEST, url, method, raw, ADMIN_TOKEN))
-        return int(answer["status"]), json.loads(answer["body"] or "null")
-
-    def log_tail(self) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-40:])
-
-
 @pytest.fixture(scope="module")
-def console_server(tmp_path_factory: pytest.TempPathFactory, netns: NetNs) -> Iterator[ConsoleServer]:
+def console_server(tmp_path_factory: pytest.TempPathFactory, netns: NetNs) -> Iterator[LiveServer]:
     workdir = tmp_path_factory.mktemp("e2e-console")
-    port, mqtt_port = free_port(), free_port()
-    conf = workdir / "mosquitto.conf"
-    conf.write_text(f"listener {mqtt_port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
-    broker = subprocess.Popen(
-        [*netns.prefix(), "/usr/sbin/mosquitto", "-c", str(conf)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    db = f"sqlite:///{workdir / 'origincast.db'}"
-    env = server_env(db, port, ORIGINCAST_MQTT_URL=f"mqtt://127.0.0.1:{mqtt_port}")
 
-    out = subprocess.run(
-        [sys.executable, "-m", "web", "streams", "add", SLUG, "--title", "Depot 4 bay", "--site", SITE],
-        cwd=workdir, env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr
-    # The logistics user, through the accounts service (as `origincast users add` does).
-    accounts = open_account_repository(db)
-    accounts.open()
-    accounts.migrate()
-    # (a thread of its own: Playwright's sync API already runs an event loop in this one)
-    with ThreadPoolExecutor(1) as pool:
-        create = AccountService(accounts).create_user(USER, "logistics", PASSWORD, DISPLAY_NAME)
-        pool.submit(asyncio.run, create).result()
-    accounts.close()
-    # Devices, a zero-delay profile and six hours of the freezer's history, stored before
-    # the server starts (the alert engine and the live feed read them at start).
-    store = open_store(StorageSettings(url=db))
-    store.open()
-    store.migrate()
-    store.save_profile("zero", {"id": "zero", **ZERO_DELAY})  # as the API stores it
-    store.upsert_device(Device(COLDROOM, SITE, "zero", "Cold room 4"))
-    store.upsert_device(Device(FREEZER, OTHER_SITE, "frozen", "Freezer 2"))
-    now = datetime.now(UTC).replace(microsecond=0)
-    store.write_batch(
-        [Reading(FREEZER, now - timedelta(minutes=m), -21.0 + (m % 13) * 0.2) for m in range(360, 0, -2)],
-        [],
-    )
-    store.close()
-    log_path = workdir / "serve.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [*netns.prefix(), sys.executable, "-m", "web", "serve"],
-            cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    srv = ConsoleServer(f"http://localhost:{port}", port, mqtt_port, netns, log_path)
-    try:
-        wait_healthy(netns, port, proc)
-        deadline = time.monotonic() + 20
-        while netns.http_get(f"http://127.0.0.1:{port}/readyz")[0] != 200:
-            assert time.monotonic() < deadline, srv.log_tail()
-            time.sleep(0.2)
+    def prepare(db: str, env: dict[str, str]) -> None:
+        add_stream(workdir, env, SLUG, "Depot 4 bay", SITE)
+        # The logistics user, through the accounts service (as `origincast users add` does).
+        accounts = open_account_repository(db)
+        accounts.open()
+        accounts.migrate()
+        # (a thread of its own: Playwright's sync API already runs an event loop in this one)
+        with ThreadPoolExecutor(1) as pool:
+            create = AccountService(accounts).create_user(USER, "logistics", PASSWORD, DISPLAY_NAME)
+            pool.submit(asyncio.run, create).result()
+        accounts.close()
+        # Devices, a zero-delay profile and six hours of the freezer's history.
+        store = open_store(StorageSettings(url=db))
+        store.open()
+        store.migrate()
+        store.save_profile("zero", {"id": "zero", **ZERO_DELAY})  # as the API stores it
+        store.upsert_device(Device(COLDROOM, SITE, "zero", "Cold room 4"))
+        store.upsert_device(Device(FREEZER, OTHER_SITE, "frozen", "Freezer 2"))
+        now = datetime.now(UTC).replace(microsecond=0)
+        store.write_batch(
+            [Reading(FREEZER, now - timedelta(minutes=m), -21.0 + (m % 13) * 0.2) for m in range(360, 0, -2)],
+            [],
+        )
+        store.close()
+
+    with serve_with_broker(workdir, netns, prepare) as srv:
         yield srv
-    finally:
-        code = stop_process(proc)
-        broker.terminate()
-        broker.wait(10)
-        assert code == 0, f"serve exited with {code}:\n{srv.log_tail()}"
 
 
 def wait_js(page: Page, expr: str, arg: object, timeout_s: float, what: str) -> None:
@@ -197,7 +101,7 @@ DRAWN_PIXELS = """(min) => {
 }"""
 
 
-def log_in(page: Page, srv: ConsoleServer) -> None:
+def log_in(page: Page, srv: LiveServer) -> None:
     page.goto(f"{srv.base_url}/console")
     page.wait_for_url(re.compile(r".*/login\?next=(/|%2F)console$"), timeout=10_000)
     page.fill("#name", USER)
@@ -207,7 +111,7 @@ def log_in(page: Page, srv: ConsoleServer) -> None:
 
 
 def test_console_fleet_alerts_history_streams(
-    browser: Browser, console_server: ConsoleServer, artifacts: Path
+    browser: Browser, console_server: LiveServer, artifacts: Path
 ) -> None:
     srv = console_server
     context = browser.new_context(viewport=DESKTOP, locale="en-US")
@@ -360,7 +264,7 @@ def test_console_fleet_alerts_history_streams(
         context.close()
 
 
-def test_console_tablet_in_chinese(browser: Browser, console_server: ConsoleServer, artifacts: Path) -> None:
+def test_console_tablet_in_chinese(browser: Browser, console_server: LiveServer, artifacts: Path) -> None:
     """A tablet: one column, the inbox first; the page rendered in Chinese from the start."""
     srv = console_server
     context = browser.new_context(viewport=TABLET, locale="zh-CN", has_touch=True, device_scale_factor=2)
