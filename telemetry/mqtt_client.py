@@ -26,9 +26,13 @@ import logging
 import struct
 import time
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode, MQTTProtocolVersion
+
+if TYPE_CHECKING:  # paho declares its packet state's type for type checkers only
+    from paho.mqtt.client import _InPacket
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +49,7 @@ class MalformedPacketError(ValueError):
     pass
 
 
-def _empty_in_packet() -> dict[str, object]:
+def _empty_in_packet() -> _InPacket:
     return {
         "command": 0,
         "have_remaining": 0,

@@ -779,7 +779,7 @@ _last_ctx: _Ctx | None = None
 
 def parse_message(
     topic: str,
-    payload: bytes,
+    payload: bytes | bytearray,
     limits: PayloadLimits,
     now: datetime,
     *,
@@ -914,8 +914,8 @@ def _array(
     if first is not None and "ts" not in first and not _SENML_KEYS.isdisjoint(first):
         try:
             _senml(data, device_id, cx, readings, rejected)
-        except _Reject as r:
-            return _one(topic, payload, now, r.reason, r.detail)
+        except _Reject as x:
+            return _one(topic, payload, now, x.reason, x.detail)
         # SenML merges equal times, so readings are unique by construction.
     else:
         limit = cx.lim.max_readings_per_message

@@ -86,10 +86,11 @@ class EvidenceApi:
         except TilePathError as exc:
             raise json_error(web.HTTPNotFound, str(exc)) from None
         log = self._service().log
-        if ref.level is None:
+        level = ref.level
+        if level is None:
             data = await self._run(lambda conn: log.entry_bundle(conn, ref.index, ref.width))
         else:
-            data = await self._run(lambda conn: log.tile(conn, ref.level, ref.index, ref.width))
+            data = await self._run(lambda conn: log.tile(conn, level, ref.index, ref.width))
         if data is None:
             raise json_error(web.HTTPNotFound, f"{ref.path} is not in the log (yet)")
         cache = _IMMUTABLE if ref.width == TILE_WIDTH else "no-cache"

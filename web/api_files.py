@@ -30,10 +30,11 @@ from telemetry.files import PDF, BlobStore, BlobWriter, FileKind, FileRejected, 
 from telemetry.shipments import ShipmentError, check_shipment_id
 from telemetry.storage import Store
 from telemetry.storage.files import FileCatalog
+from web.accounts import Role
 from web.auth import Authenticator
 from web.errors import json_error, json_response
 
-UPLOADERS = ("admin", "logistics", "producer")
+UPLOADERS: tuple[Role, ...] = ("admin", "logistics", "producer")
 BATCH_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}"
 CHUNK = 256 * 1024
 # Multipart headers and small fields around the file: what a body may add to max_bytes.
@@ -184,7 +185,7 @@ class FilesApi:
     def _kind(fields: dict[str, str]) -> FileKind:
         raw = fields.get("kind")
         try:
-            return FileKind(raw)
+            return FileKind(raw or "")
         except ValueError:
             raise json_error(web.HTTPBadRequest, f"kind: must be test_report or photo, got {raw!r}") from None
 

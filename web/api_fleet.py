@@ -190,9 +190,9 @@ class FleetApi:
         now = datetime.now(UTC)
         by_id = {d.device_id: d for d in devices}
         # A device that publishes before anyone assigns it is still part of the fleet.
-        for r in latest:
-            by_id.setdefault(r.device_id, Device(r.device_id))
-        readings = {r.device_id: r for r in latest}
+        for reading in latest:
+            by_id.setdefault(reading.device_id, Device(reading.device_id))
+        readings = {reading.device_id: reading for reading in latest}
         active: dict[str, list[AlertRecord]] = {}
         for a in alerts:
             active.setdefault(a.device_id, []).append(a)

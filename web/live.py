@@ -280,7 +280,8 @@ class LiveFeed:
             client.username_pw_set(s.username, s.password)
         if s.tls:
             client.tls_set()
-        client.reconnect_delay_set(0.2, 10)
+        # paho types the delays as int but sleeps them as given: 0.2 s gets the feed back fast
+        client.reconnect_delay_set(0.2, 10)  # type: ignore[arg-type]
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -313,7 +314,7 @@ class LiveFeed:
         if item is not None:
             self._post(item)
 
-    def _decode(self, topic: str, payload: bytes) -> tuple[str, Any] | None:
+    def _decode(self, topic: str, payload: bytes | bytearray) -> tuple[str, Any] | None:
         if topic.startswith(f"{self._prefix}/alerts/"):
             try:
                 doc = orjson.loads(payload)

@@ -113,6 +113,9 @@ class WhipEndpoints:
         for session in self.sessions(slug):
             await session.source.close(reason)
 
+    def _forget(self, session_id: str) -> None:
+        self._sessions.pop(session_id, None)
+
     async def close(self) -> None:
         await asyncio.gather(
             *(s.source.close("server shutting down") for s in list(self._sessions.values())),
@@ -178,7 +181,7 @@ class WhipEndpoints:
             ice=self._ice,
             connect_timeout_s=self._connect_timeout_s,
             media_timeout_s=self._media_timeout_s,
-            on_closed=lambda _src: self._sessions.pop(session_id, None),
+            on_closed=lambda _src: self._forget(session_id),
         )
         try:
             publication = self._hub.attach(slug, source)

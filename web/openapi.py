@@ -1021,7 +1021,7 @@ def _add_roles(paths: dict[str, Any]) -> None:
                 continue
             rule = rule_for(method.upper(), path)
             roles = rule.roles if rule is not None else DEFAULT_ROLES
-            op["x-roles"] = list(roles) or ["public"]
+            op["x-roles"] = [*roles] if roles else ["public"]
             if rule is not None and rule.note:
                 op.setdefault("description", f"Who: {rule.note}.")
             resp = op["responses"]

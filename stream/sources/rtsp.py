@@ -621,8 +621,8 @@ class RtspSource:
             container.close()
 
     def _demux(self, container: av.container.InputContainer) -> bool:
-        video = next((st for st in container.streams if st.type == "video"), None)
-        audio = next((st for st in container.streams if st.type == "audio"), None)
+        video = next(iter(container.streams.video), None)
+        audio = next(iter(container.streams.audio), None)
         if video is None:
             raise RtspError("the camera offers no video stream")
         vname = video.codec_context.name

@@ -71,7 +71,7 @@ class AuditEntry:
     detail: dict[str, Any] | None = None  # what else the change says (SITE_CHANGED: from, to)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {
+        d: dict[str, Any] = {
             "at": self.at.isoformat(),
             "action": self.action.value,
             "by": self.by,
