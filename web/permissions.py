@@ -86,6 +86,7 @@ RULES: tuple[Rule, ...] = (
     Rule("GET",    "/{page}/{slug}",                     PUBLIC,  "/watch: unlisted needs ?share=;"
                                                                   " /publish: the key is asked on the page"),
     Rule("GET",    "/{page}",                            STAFF,   "/console", page=True),
+    Rule("GET",    "/shipments",                         ANY_USER, "shipments, files, QR labels", page=True),
     Rule("GET",    "/static",                            PUBLIC),
     # -- telemetry --------------------------------------------------------------------------
     Rule("GET",    "/api/v1/live",                       PUBLIC,  "?stream= for its viewers; ?site=, ?device="

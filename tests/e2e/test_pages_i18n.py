@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from stream.registry import StreamSpec
+from telemetry.alerts.rules import builtin_profiles
 from web.app import STREAMS, build_app
 from web.config import load_config
 from web.i18n import LANGUAGES, CatalogError, choose_language, load_catalogs, parse_accept_language
@@ -43,12 +44,19 @@ TRUST_BUILT = {f"trust.fig_{k}" for k in ("min", "max", "mean", "mkt", "out_of_r
 }
 # The login page's role names (`role.${current.role}`).
 ROLES_BUILT = {f"role.{r}" for r in ("admin", "logistics", "producer")}
-_KEY = r"(?:lang|common|publish|watch|error|report|console|trust|login)\.[a-z0-9_]+"
+# The shipments page's (`shipments.state_${s.state}`, `shipments.kind_${f.kind}`,
+# `profile.${id}` for the built-in profiles).
+SHIPMENTS_BUILT = (
+    {f"shipments.state_{s}" for s in ("open", "closed")}
+    | {f"shipments.kind_{k}" for k in ("test_report", "photo")}
+    | {f"profile.{p}" for p in builtin_profiles()}
+)
+_KEY = r"(?:lang|common|publish|watch|error|report|console|trust|login|shipments|profile)\.[a-z0-9_]+"
 
 
 def _keys_used() -> set[str]:
     used = {f"publish.state_{s}" for s in PUBLISH_STATES} | {f"watch.state_{s}" for s in WATCH_STATES}
-    used |= CONSOLE_BUILT | TRUST_BUILT | ROLES_BUILT
+    used |= CONSOLE_BUILT | TRUST_BUILT | ROLES_BUILT | SHIPMENTS_BUILT
     for text in TEMPLATES.values():
         used |= set(re.findall(r"\{\{t:(" + _KEY + r")\}\}", text))
         used |= set(re.findall(r'data-i18n(?:-[a-z-]+)?="(' + _KEY + ')"', text))

@@ -25,13 +25,14 @@ from aiohttp import web
 
 from stream.registry import SLUG_RE
 from stream.settings import IceServer
+from telemetry.alerts.rules import builtin_profiles
 from web.demo import DEMO_SLUG, DEMO_TITLE
 from web.i18n import LANGUAGE_COOKIE, LANGUAGES, Catalogs, choose_language, load_catalogs
 from web.share import Access
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
-PAGES = ("publish", "watch", "console")
+PAGES = ("publish", "watch", "console", "shipments")
 
 # {{t:key}}: a message in the page's language (HTML-escaped, "{slug}" filled in);
 # {{name}}: a value the handler computed (escaped by the handler where it is text).
@@ -57,6 +58,8 @@ _CSP = MappingProxyType(
         "watch": "; ".join(_CSP_COMMON),
         # The logistics console acts on alerts with the staff's session: never framed.
         "console": "; ".join((*_CSP_COMMON, "frame-ancestors 'none'")),
+        # Shipments, their route and files: written with the user's session, never framed.
+        "shipments": "; ".join((*_CSP_COMMON, "frame-ancestors 'none'")),
     }
 )
 _PERMISSIONS = MappingProxyType(
@@ -64,6 +67,7 @@ _PERMISSIONS = MappingProxyType(
         "publish": "camera=(self), microphone=(self), screen-wake-lock=(self)",
         "watch": "camera=(), microphone=()",
         "console": "camera=(), microphone=()",
+        "shipments": "camera=(), microphone=()",
     }
 )
 
@@ -117,8 +121,10 @@ class PageRenderer:
         return _TOKEN.sub(substitute, self.templates[page])
 
     async def handle(self, request: web.Request) -> web.Response:
-        page = request.match_info["page"]
-        slug = request.match_info.get("slug", "")  # /console has none
+        # /publish/<slug>, /watch/<slug>, /console; /shipments has a route of its own (its
+        # own permission rule: producers use it too) and so no {page} in it.
+        page = request.match_info.get("page") or request.path.strip("/")
+        slug = request.match_info.get("slug", "")  # /console and /shipments have none
         lang = choose_language(
             request.query.get("lang"),
             request.cookies.get(LANGUAGE_COOKIE),
@@ -126,11 +132,16 @@ class PageRenderer:
         )
         # A slug that can never exist still gets the page (its script then says "no such
         # stream" in the reader's language), with a 404 for crawlers and monitors.
-        status = 200 if page == "console" or SLUG_RE.fullmatch(slug) else 404
+        status = 200 if page in ("console", "shipments") or SLUG_RE.fullmatch(slug) else 404
         extra: dict[str, object] = {}
         title = ""
         if page == "watch" and status == 200:
             status, extra, title = await self._watch(slug, request.query.get("share"), lang)
+        elif page == "shipments":
+            # The built-in profiles, for producers too (the profiles API is for staff).
+            extra = {
+                "profiles": [{"id": pid, "name": p.name} for pid, p in builtin_profiles().items()],
+            }
         elif page == "publish":
             # Without credentials: a TURN server's are given only for the stream's key (WHIP
             # OPTIONS, web.media_whip); STUN needs none.
@@ -214,5 +225,6 @@ def add_page_routes(
     app.router.add_get(r"/{page:publish|watch}/{slug}", renderer.handle)
     # The logistics console: a static shell; its data comes from the API, which authorizes.
     app.router.add_get(r"/{page:console}", renderer.handle)
+    app.router.add_get("/shipments", renderer.handle)
     app.router.add_static("/static/", STATIC_DIR, name="static")
     app.on_response_prepare.append(_static_headers)

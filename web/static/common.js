@@ -3,7 +3,7 @@
 // POST an SDP offer, get 201 + Location + the answer; DELETE the Location to end).
 // Plain ES module, no framework, nothing loaded from another site.
 
-const config = JSON.parse(document.getElementById('oc-config').textContent);
+export const config = JSON.parse(document.getElementById('oc-config').textContent);
 const LANG_STORAGE = 'origincast.lang';
 const listeners = [];
 let language = config.lang;

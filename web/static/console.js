@@ -10,9 +10,9 @@
 //   WS   /api/v1/live?all=1         snapshot, then readings and alert events
 // Plain ES module, no framework; the chart is uPlot, vendored under /static/vendor/.
 import { currentLanguage, formatElapsed, onLanguageChange, t } from './common.js';
+import { $, api, el, loadSession, logout, renderUser, showBanner } from './staff.js';
 import uPlot from './vendor/uplot/uPlot.esm.js';
 
-const LOGIN_URL = '/login?next=/console';
 const SITE_STORAGE = 'origincast.console.site';
 const STREAMS_EVERY_MS = 5000;
 const FLEET_EVERY_MS = 60000; // names, sites and profiles change rarely; readings come live
@@ -21,11 +21,7 @@ const RANGES = { '1h': 3600e3, '6h': 6 * 3600e3, '24h': 24 * 3600e3, '7d': 7 * 2
 const STATE_ORDER = { alert: 0, offline: 1, stale: 2, ok: 3 };
 const SEVERITY_ORDER = { critical: 0, major: 1, minor: 2, warning: 3 };
 
-const $ = (id) => document.getElementById(id);
-
 const state = {
-  csrf: null,
-  me: null, // { name, role } of the signed-in user
   devices: new Map(), // device_id -> fleet entry: name, site_id, profile_id, limits, offline_after_s
   readings: new Map(), // device_id -> newest reading
   alerts: new Map(), // alert id -> alert, open or acknowledged
@@ -41,67 +37,8 @@ const state = {
   streams: [],
 };
 
-// -- the API -------------------------------------------------------------------------------
-
-class ApiError extends Error {
-  constructor(status, detail) {
-    super(detail);
-    this.status = status;
-  }
-}
-
-function toLogin() {
-  location.assign(LOGIN_URL);
-}
-
-async function api(method, url, body) {
-  const headers = { Accept: 'application/json' };
-  if (body !== undefined) headers['Content-Type'] = 'application/json';
-  // The session cookie is ambient: every state-changing request proves it came from our page.
-  if (method !== 'GET' && state.csrf) headers['X-CSRF-Token'] = state.csrf;
-  let response;
-  try {
-    response = await fetch(url, {
-      method,
-      headers,
-      body: body === undefined ? undefined : JSON.stringify(body),
-      credentials: 'same-origin',
-      cache: 'no-store',
-    });
-  } catch {
-    throw new ApiError(0, t('console.error_network'));
-  }
-  let data = null;
-  try {
-    data = await response.json();
-  } catch {
-    // Not JSON (a proxy's error page): the status alone will do.
-  }
-  if (response.status === 401) {
-    toLogin();
-    throw new ApiError(401, data?.error || 'HTTP 401');
-  }
-  if (!response.ok) {
-    const detail = response.status === 403 ? t('console.error_forbidden') : data?.error || `HTTP ${response.status}`;
-    throw new ApiError(response.status, detail);
-  }
-  return data;
-}
-
-function showBanner(text) {
-  const banner = $('banner');
-  banner.textContent = text || '';
-  banner.hidden = !text;
-}
-
 // -- formatting ----------------------------------------------------------------------------
 
-function el(tag, cls, text) {
-  const e = document.createElement(tag);
-  if (cls) e.className = cls;
-  if (text != null) e.textContent = text;
-  return e;
-}
 
 function now() {
   return Date.now() + state.clockOffsetMs;
@@ -756,53 +693,6 @@ function connect() {
     renderLiveState();
     retryTimer = setTimeout(connect, delay * 1000);
   });
-}
-
-// -- the session ---------------------------------------------------------------------------
-
-async function loadSession() {
-  let response;
-  try {
-    response = await fetch('/api/v1/session', { credentials: 'same-origin', cache: 'no-store' });
-  } catch {
-    showBanner(t('console.error_network'));
-    return false;
-  }
-  if (response.status === 401) {
-    toLogin();
-    return false;
-  }
-  if (response.ok) {
-    const s = await response.json();
-    const user = typeof s.user === 'object' && s.user ? s.user : { name: s.user ?? s.name };
-    const name = user.display_name || s.display_name || user.name || '';
-    const role = user.role || s.role || '';
-    state.csrf = s.csrf_token || null;
-    state.me = { name, role };
-    renderUser();
-    $('logout').hidden = false;
-  }
-  // Anything else (no session API on this server): the API's own answers decide.
-  document.body.dataset.auth = 'ok';
-  return true;
-}
-
-function renderUser() {
-  const label = $('user');
-  const me = state.me;
-  label.hidden = !me?.name;
-  if (!me) return;
-  label.dataset.role = me.role;
-  label.textContent = me.role ? t('console.signed_in', { name: me.name, role: t(`console.role_${me.role}`) }) : me.name;
-}
-
-async function logout() {
-  try {
-    await api('DELETE', '/api/v1/session');
-  } catch {
-    // Signed out or not, the login page is where to go next.
-  }
-  toLogin();
 }
 
 // -- start ---------------------------------------------------------------------------------

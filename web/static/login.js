@@ -17,6 +17,8 @@ const els = {
   logout: $('logout'),
 };
 const next = config.next || '/console';
+// The console is for staff: a producer who was sent there goes to the shipments instead.
+const destination = (role) => (role === 'producer' && next === '/console' ? '/shipments' : next);
 let lastError = null; // [key, vars]: re-rendered when the language changes
 let current = null; // {user, role, csrf_token} while logged in
 
@@ -31,6 +33,7 @@ function render() {
   els.signedIn.hidden = !current;
   els.form.hidden = Boolean(current);
   if (current) {
+    els.continueLink.href = destination(current.role);
     els.signedInText.textContent = t('login.signed_in', { user: current.user, role: t(`role.${current.role}`) });
   }
 }
@@ -63,7 +66,8 @@ els.form.addEventListener('submit', async (event) => {
     const response = await post('POST', { name, password });
     if (response.ok) {
       document.body.dataset.state = 'done';
-      window.location.assign(next);
+      const who = await response.json().catch(() => ({}));
+      window.location.assign(destination(who.role));
       return;
     }
     if (response.status === 401) showError('login.error_wrong');
