@@ -511,6 +511,7 @@ async def run_demo(config: Config, port: int, interval: float, duration: float) 
     base = f"http://{config.http.host}:{port}"
     print(f"watch the live test pattern with the fleet's readings: {base}/watch/{DEMO_SLUG}", flush=True)
     print(f"logistics console: {base}/console · log in as {DEMO_USER} / {password}", flush=True)
+    print(f"shipments (route, files, QR labels): {base}/shipments · the same login", flush=True)
     if vkey:
         print(f"a shipment's trust page, verified in your browser: {base}/v/{shipment}#k={vkey}", flush=True)
     stop = asyncio.Event()
