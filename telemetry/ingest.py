@@ -8,6 +8,11 @@ the acknowledgement makes the broker redeliver; the store ignores what it alread
 Backpressure: with MQTT 5 we announce a Receive Maximum, so the broker never has more
 unacknowledged messages in flight to us than that; while the database is slow or down the
 broker keeps the rest queued for our persistent session, and our memory stays bounded.
+
+Evidence: the write stage also ticks the store's sealing about once a second
+(``Store.seal_due``: batches open for their whole window, seal requests, batches left by
+a writer that is gone, starting at once), and a clean stop seals every batch this
+ingester holds (telemetry.storage.evidence_batches).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from telemetry.payloads import parse_message
 from telemetry.readings import Reading, Rejection
 from telemetry.settings import IngestSettings
 from telemetry.storage.base import StorageUnavailable, Store, WriteResult
+from telemetry.storage.evidence_batches import SEAL_TICK_S
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +125,15 @@ class Ingester:
         self._client.disconnect()
         self._client.loop_stop()
         self._metrics.broker_connected.set(0)
+        try:
+            left = self._store.seal_pending()
+            if left:
+                log.warning("stopped with readings of %s not sealed", ", ".join(left))
+        except StorageUnavailable as exc:
+            # the next writer to start seals them from the stored rows
+            log.warning("stopped without sealing the open readings batches: %s", exc)
+        except Exception:
+            log.exception("sealing the open readings batches at stop failed")
 
     def status(self) -> IngestStatus:
         with self._cond:
@@ -296,19 +311,35 @@ class Ingester:
     # -- write stage ---------------------------------------------------------------------
 
     def _write_loop(self) -> None:
+        next_tick = time.monotonic()  # the first tick seals what a crashed writer left
         while True:
-            item = self._parsed.get()
+            try:
+                item = self._parsed.get(timeout=max(0.0, next_tick - time.monotonic()))
+            except queue.Empty:
+                item = ()
             if item is None:
                 return
-            batch, readings, rejections = item
-            try:
-                self._commit_and_ack(batch, readings, rejections)
-            except Exception:  # a bug must not silently kill ingest: log, keep the batch unacked
-                log.exception("unexpected error while writing a batch; it will be redelivered")
-                self._last_error = "internal error while writing a batch (see log)"
-            finally:
-                with self._cond:
-                    self._taken -= len(batch)
+            if item:
+                batch, readings, rejections = item
+                try:
+                    self._commit_and_ack(batch, readings, rejections)
+                except Exception:  # a bug must not silently kill ingest: log, keep the batch unacked
+                    log.exception("unexpected error while writing a batch; it will be redelivered")
+                    self._last_error = "internal error while writing a batch (see log)"
+                finally:
+                    with self._cond:
+                        self._taken -= len(batch)
+            if time.monotonic() >= next_tick:
+                self._seal_tick()
+                next_tick = time.monotonic() + SEAL_TICK_S
+
+    def _seal_tick(self) -> None:
+        try:
+            self._store.seal_due()
+        except StorageUnavailable as exc:
+            log.debug("sealing postponed: %s", exc)
+        except Exception:
+            log.exception("sealing readings batches failed; retried at the next tick")
 
     def _commit_and_ack(
         self, batch: list[_Message], readings: list[Reading], rejections: list[Rejection]

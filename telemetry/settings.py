@@ -61,3 +61,9 @@ class StorageSettings:
     # evidence log). The switch exists only so bench/evidence.py can measure what the log
     # costs per reading; web.config never sets it, so every server runs with the log on.
     evidence_log: bool = True
+    # A readings_batch leaf covers one device's readings within this much reading time,
+    # and is sealed at the latest this long (wall clock) after it opened
+    # (telemetry/storage/evidence_batches.py): a reading a minute makes 15 a leaf.
+    evidence_batch_max_span_s: float = 900.0
+    # ...and at most this many readings.
+    evidence_batch_max_readings: int = 1000

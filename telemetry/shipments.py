@@ -426,9 +426,62 @@ def gather(source: ReportSource, s: Shipment, as_of: datetime) -> list[SegmentDa
     return out
 
 
+class SealedSource(ReportSource, Protocol):
+    """A report source that also knows which readings the evidence log has not sealed yet."""
+
+    def pending_readings(self, device_id: str, start: datetime, end: datetime) -> list[Reading]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """Readings of the shipment's route stored but not sealed into the evidence log yet (a
+    device's current window): a public record cannot show them as verified."""
+
+    count: int
+    first: datetime  # earliest reading time among them
+    last: datetime
+    through: datetime  # where the sealed record ends for an open shipment
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "count": self.count,
+            "first": iso(self.first),
+            "last": iso(self.last),
+            "through": iso(self.through),
+        }
+
+
+def gather_sealed(
+    source: SealedSource, s: Shipment, as_of: datetime
+) -> tuple[list[SegmentData], datetime, Pending | None]:
+    """``gather`` for the public record: only readings the evidence log has sealed. An open
+    shipment's record stops just before its first unsealed reading (the device's current
+    window, sealed within the configured span); unsealed readings inside an earlier part
+    (a logger's late upload) are left out. Returns the data, the report time to use, and
+    what was left out."""
+    stop = report_end(s, as_of)
+    pending: list[Reading] = []
+    for seg in s.segments:
+        end = seg.end if seg.end is not None else stop
+        if end > seg.start:
+            pending.extend(source.pending_readings(seg.device_id, seg.start, end))
+    if not pending:
+        return gather(source, s, as_of), as_of, None
+    first = min(r.ts for r in pending)
+    through = as_of if s.closed_at is not None else max(min(as_of, first), s.opened_at)
+    left_out = {(r.device_id, r.ts) for r in pending}
+    data = [
+        replace(d, readings=tuple(r for r in d.readings if (r.device_id, r.ts) not in left_out))
+        for d in gather(source, s, through)
+    ]
+    return data, through, Pending(len(pending), first, max(r.ts for r in pending), through)
+
+
 __all__ = [
     "PATCHABLE",
+    "Pending",
     "ReportSource",
+    "SealedSource",
     "Segment",
     "SegmentData",
     "Shipment",
@@ -441,6 +494,7 @@ __all__ = [
     "close",
     "find_profile",
     "gather",
+    "gather_sealed",
     "iso",
     "new_shipment_id",
     "parse_time",

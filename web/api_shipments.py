@@ -7,7 +7,9 @@
     PATCH /api/v1/shipments/{id}                 editable fields (+ "version": refuse if it moved on)
     POST  /api/v1/shipments/{id}/segments        {device_id, start?, end?, label?} → 201; ends the
                                                  open segment where this one starts
-    POST  /api/v1/shipments/{id}/close           {at?} (default: now)
+    POST  /api/v1/shipments/{id}/close           {at?} (default: now); the route's readings are
+                                                 sealed into the evidence log first (503 when an
+                                                 ingester does not seal its part in time)
     GET   /api/v1/shipments/{id}/report          the report (JSON; full-precision figures)
     GET   /api/v1/shipments/{id}/report.csv      the same as CSV (summary, gaps, excursions, readings)
     GET   /api/v1/shipments/{id}/report.pdf      ?lang=zh-CN|en (default en)
@@ -52,6 +54,7 @@ from telemetry.shipments import (
 from telemetry.storage import Store
 from web.auth import Authenticator
 from web.errors import json_error
+from web.evidence import ReadingsNotSealed, close_shipment
 from web.i18n import LANGUAGES, Catalogs, load_catalogs
 
 WRITERS = ("admin", "logistics", "producer")
@@ -259,9 +262,13 @@ class ShipmentsApi:
             at = parse_time(data["at"], "at") if data.get("at") is not None else datetime.now(UTC)
         except ShipmentError as exc:
             raise json_error(web.HTTPBadRequest, str(exc)) from None
-        saved = await self._change(request, lambda s: close(s, at))
-        if self._on_closed is not None:
-            await self._on_closed(saved)
+        current = await self._load(request)
+        try:
+            saved = await close_shipment(
+                self._store(), current, lambda: self._change(request, lambda s: close(s, at)), self._on_closed
+            )
+        except ReadingsNotSealed as exc:
+            raise json_error(web.HTTPServiceUnavailable, str(exc)) from None
         return _json(saved.to_dict())
 
     # -- reports -------------------------------------------------------------------------------

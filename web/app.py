@@ -29,6 +29,7 @@ from telemetry.shipments import Shipment
 from telemetry.storage import Store, open_store
 from web.accounts import AccountService, SessionPolicy, password_hasher
 from web.accounts_sql import open_account_repository
+from web.answer_cache import AnswerCache
 from web.api_alerts import ALERTS, AlertsApi
 from web.api_evidence import EvidenceApi
 from web.api_files import FilesApi
@@ -50,6 +51,7 @@ from web.openapi import build_document
 from web.pages import add_page_routes
 from web.permissions import permissions_middleware
 from web.qr import QrApi
+from web.rate_limit import RateLimiter
 from web.share import ShareLinks
 from web.trust import StreamInfo, TrustApi, TrustPage, evidence_of
 
@@ -69,6 +71,8 @@ WHIP = web.AppKey("whip", WhipEndpoints)
 SHARE = web.AppKey("share", ShareLinks)
 FILES = web.AppKey("files", FilesApi)
 EVIDENCE = web.AppKey("evidence", EvidenceService)
+ANSWER_CACHE = web.AppKey("answer_cache", AnswerCache)  # built trust answers (web.answer_cache)
+PUBLIC_LIMITER = web.AppKey("public_limiter", RateLimiter)  # per address, public endpoints
 
 RETENTION_EVERY_S = 3600.0
 
@@ -272,10 +276,15 @@ def _add_trust(app: web.Application, config: Config) -> None:
             out.append(StreamInfo(slug, stream.title, live is not None and live.state().status == "live"))
         return out
 
-    TrustApi(lambda: app[STORE], files.catalog, lambda: evidence_of(app), public_streams).register(app.router)
-    # the offline evidence bundle for `origincast verify`, from the same builder
-    builder = ShipmentEvidence(lambda: app[STORE], files.catalog, lambda: evidence_of(app), files.blobs)
-    BundleApi(lambda: app[STORE], builder).register(app.router)
+    # One builder for the page's answer and the offline bundle (`origincast verify`), its
+    # answers kept for repeat requests; both public endpoints rate-limited per address.
+    cache = app[ANSWER_CACHE] = AnswerCache()
+    limiter = app[PUBLIC_LIMITER] = RateLimiter()
+    builder = ShipmentEvidence(
+        lambda: app[STORE], files.catalog, lambda: evidence_of(app), files.blobs, cache
+    )
+    TrustApi(lambda: app[STORE], builder, public_streams, limiter).register(app.router)
+    BundleApi(lambda: app[STORE], builder, limiter).register(app.router)
     TrustPage().register(app.router)
     QrApi(lambda: app[STORE], lambda: evidence_of(app), config.http.public_url).register(app.router)
     app.cleanup_ctx.append(_files_ctx)

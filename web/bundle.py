@@ -2,8 +2,14 @@
 endpoint (web.trust) and for the offline evidence bundle.
 
 ``ShipmentEvidence.view`` is what ``GET /api/v1/public/shipments/{id}`` answers: what a
-customer may see, and beside it every piece of evidence the page checks in the browser
-(a signed checkpoint, the leaves with their inclusion proofs, each batch's raw readings).
+customer may see, and beside it every piece of evidence the page checks in the browser:
+a signed checkpoint, the leaves (base64), one multi-leaf inclusion proof for all of them
+(``multiproof``: the base64 of the 32-byte hashes of telemetry.evidence.merkle's
+``multi_inclusion_proof``, which proves each leaf into the checkpoint's tree hashing
+every node once), and each readings batch's raw readings (``records``: the base64 of the
+29-byte records its digest is taken over, in time order — the page hashes them as they
+come and reads the readings from them). A month of readings a minute is ~3 MB this way,
+where a proof per leaf and a JSON object per reading were 7 to 58 MB.
 
 ``ShipmentEvidence.bundle`` is the same record as one file to keep
 (``GET /api/v1/public/shipments/{id}/bundle``): everything ``origincast verify`` needs
@@ -11,7 +17,13 @@ to check it with no access to the server, years later — the view, the log's pu
 as served (for reference only: a verifier takes the key from somewhere else), each
 file's bytes (up to a size cap; bigger ones by SHA-256 only, and the bundle says so),
 and the RFC 3161 timestamp of the checkpoint signed at the shipment's close, with a
-consistency proof from that checkpoint to the bundle's.
+consistency proof from that checkpoint to the bundle's. Bundle version 2 carries the
+evidence in the page's form; web.verify_bundle still reads version 1 (per-leaf proofs,
+readings as JSON objects), which earlier servers made.
+
+Built answers are kept for repeat requests (web.answer_cache: per shipment, version and
+key, while a fingerprint of the data they came from is unchanged); concurrent requests
+for the same answer wait for one build.
 
 What a customer sees: the product, batch, origin, route (devices, labels, times), the
 report's figures, excursions with their audit trail (actor names as the audit records
@@ -24,26 +36,40 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Callable, Sequence
+import hashlib
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
 
 import orjson
 from aiohttp import web
 
-from telemetry.evidence.canonical import ReadingsBatch, parse_record
+from telemetry.evidence.canonical import pack_reading
 from telemetry.evidence.log import EvidenceLog, SignedCheckpoint
 from telemetry.files import BlobStore, StoredFile
 from telemetry.reports import ShipmentReport, build_report
-from telemetry.shipments import Shipment, ShipmentError, check_shipment_id, find_profile, gather
+from telemetry.shipments import (
+    Pending,
+    Shipment,
+    ShipmentError,
+    check_shipment_id,
+    find_profile,
+    gather_sealed,
+    report_end,
+)
 from telemetry.storage import Store
 from telemetry.storage.evidence_batches import ts_us
 from telemetry.storage.files import FileCatalog
+from web.answer_cache import AnswerCache
 from web.errors import json_error
+from web.rate_limit import RateLimiter
 
 BUNDLE_FORMAT = "origincast-evidence-bundle"
-BUNDLE_VERSION = 1
+BUNDLE_VERSION = 2
+# What a bundle download costs of an address's rate (web.rate_limit) against 1 for the
+# page's answer: it carries the files' bytes too (up to FILES_INLINE_TOTAL_BYTES).
+BUNDLE_RATE_COST = 4.0
 # Files up to this size travel inside the bundle; bigger ones, and any beyond the total,
 # are named by SHA-256 only (a verifier fetches them and compares).
 FILE_INLINE_MAX_BYTES = 8 * 1024 * 1024
@@ -109,12 +135,16 @@ class ShipmentEvidence:
         files: FileCatalog,
         evidence: Callable[[], EvidenceAccess | None],
         blobs: BlobStore | None = None,
+        cache: AnswerCache | None = None,
     ) -> None:
         # Looked up per call: the store and the evidence service open in cleanup_ctx.
         self._store = store
         self._files = files
         self._evidence = evidence
         self._blobs = blobs
+        self._cache = cache
+        # key -> [lock, users]: one build per answer at a time (web.answer_cache)
+        self._building: dict[Hashable, list[Any]] = {}
 
     @property
     def evidence(self) -> EvidenceAccess | None:
@@ -122,21 +152,62 @@ class ShipmentEvidence:
 
     async def view(self, shipment: Shipment, streams: Sequence[StreamInfo] = ()) -> dict[str, Any]:
         """The public endpoint's body (see the module's docstring)."""
-        body, _report, _files = await self._view(shipment, streams)
-        return body
+        body, _files = await self._answer(shipment)
+        return {
+            **body,
+            "streams": [
+                {"slug": s.slug, "title": s.title, "live": s.live, "url": f"/watch/{s.slug}"} for s in streams
+            ],
+        }
 
-    async def _view(
-        self, shipment: Shipment, streams: Sequence[StreamInfo]
-    ) -> tuple[dict[str, Any], ShipmentReport, list[StoredFile]]:
+    async def _answer(
+        self, shipment: Shipment, *, fresh: bool = False
+    ) -> tuple[dict[str, Any], list[StoredFile]]:
+        """The body without its streams (those are live), and the files it shows: from
+        the cache while the data it came from is unchanged (unless ``fresh``), else built."""
         store = self._store()
+        evidence = self._evidence()
         as_of = datetime.now(UTC)
-
-        def build() -> ShipmentReport:
-            data = gather(store, shipment, as_of)
-            return build_report(shipment, data, find_profile(store, shipment.profile_id), as_of)
-
-        report = await asyncio.to_thread(build)
         files = await asyncio.to_thread(self._files.for_batch, shipment.batch, shipment.id)
+        cache = self._cache
+        if cache is None:
+            return await self._build(shipment, files, as_of, evidence), files
+        key = (shipment.id, shipment.version, None if evidence is None else evidence.vkey)
+        fp = await asyncio.to_thread(fingerprint, store, shipment, as_of, files)
+        hit = None if fresh else cache.get(key, fp)
+        if hit is not None:
+            return hit.body, hit.files
+        slot = self._building.setdefault(key, [asyncio.Lock(), 0])
+        slot[1] += 1
+        try:
+            async with slot[0]:
+                hit = None if fresh else cache.get(key, fp)  # built by the request waited for
+                if hit is not None:
+                    return hit.body, hit.files
+                body = await self._build(shipment, files, as_of, evidence)
+                cache.put(key, fp, body, files, _size(body), closed=shipment.closed_at is not None)
+                return body, files
+        finally:
+            slot[1] -= 1
+            if slot[1] == 0:
+                del self._building[key]
+
+    async def _build(
+        self,
+        shipment: Shipment,
+        files: list[StoredFile],
+        as_of: datetime,
+        evidence: EvidenceAccess | None,
+    ) -> dict[str, Any]:
+        store = self._store()
+
+        def build() -> tuple[ShipmentReport, Pending | None]:
+            # Only what the log has sealed can be verified: the record leaves out readings
+            # of a device's current, unsealed window (and says so, "pending").
+            data, report_at, pending = gather_sealed(store, shipment, as_of)
+            return build_report(shipment, data, find_profile(store, shipment.profile_id), report_at), pending
+
+        report, pending = await asyncio.to_thread(build)
         body: dict[str, Any] = {
             "shipment": {
                 "id": shipment.id,
@@ -166,17 +237,14 @@ class ShipmentEvidence:
                 "limits": [lim.to_dict() for lim in report.limits],
             },
             "report": public_report(report),
+            "pending": None if pending is None else pending.to_dict(),
             "files": [{k: v for k, v in f.to_dict().items() if k not in ("id",)} for f in files],
-            "streams": [
-                {"slug": s.slug, "title": s.title, "live": s.live, "url": f"/watch/{s.slug}"} for s in streams
-            ],
         }
-        evidence = self._evidence()
         if evidence is None:
             body["evidence"] = None
         else:
             body["evidence"] = await self._evidence_part(evidence, shipment, report, files)
-        return body, report, files
+        return body
 
     async def bundle(self, shipment: Shipment) -> dict[str, Any] | None:
         """The offline evidence bundle; None when the log cannot sign (no key), since a
@@ -184,12 +252,19 @@ class ShipmentEvidence:
         evidence = self._evidence()
         if evidence is None:
             return None
-        body, _report, files = await self._view(shipment, ())
+        body, files = await self._answer(shipment)
         if body["evidence"] is None:
             return None
-        del body["streams"]  # live links mean nothing in a file kept for years
-        body["files"] = await asyncio.to_thread(self._file_contents, body["files"], files)
         timestamp = await self._timestamp(evidence, shipment, body["evidence"])
+        if timestamp is None:
+            # anchored at a checkpoint newer than the kept answer's (signed at the close
+            # while the answer was built): an answer with a checkpoint that covers it
+            body, files = await self._answer(shipment, fresh=True)
+            timestamp = await self._timestamp(evidence, shipment, body["evidence"])
+            if timestamp is None:
+                raise RuntimeError("the closing checkpoint is newer than the one just signed")
+        # (no streams: live links mean nothing in a file kept for years)
+        shown = await asyncio.to_thread(self._file_contents, body["files"], files)
         return {
             "format": BUNDLE_FORMAT,
             "version": BUNDLE_VERSION,
@@ -197,6 +272,7 @@ class ShipmentEvidence:
             "key_notice": KEY_NOTICE,
             "vkey": evidence.vkey,
             **body,
+            "files": shown,
             "file_limits": {
                 "inline_max_bytes": FILE_INLINE_MAX_BYTES,
                 "inline_total_bytes": FILES_INLINE_TOTAL_BYTES,
@@ -244,8 +320,10 @@ class ShipmentEvidence:
 
     async def _timestamp(
         self, evidence: EvidenceAccess, shipment: Shipment, part: dict[str, Any]
-    ) -> dict[str, Any]:
-        """The RFC 3161 anchor of the checkpoint signed at the close, or why there is none."""
+    ) -> dict[str, Any] | None:
+        """The RFC 3161 anchor of the checkpoint signed at the close, or why there is none;
+        None when that checkpoint is newer than the answer's (no consistency proof runs
+        backwards)."""
         if shipment.closed_leaf is None:
             return {"status": "open", "detail": "the shipment is not closed: it is timestamped at its close"}
         if not isinstance(evidence, AnchorAccess) or evidence.tsa_url is None:
@@ -262,6 +340,8 @@ class ShipmentEvidence:
                 detail += f" (last attempt: {row.last_error})"
             return {"status": "pending", "detail": detail, "tsa_url": evidence.tsa_url}
         size = int(part["size"])
+        if row.tree_size > size:
+            return None
         store = self._store()
         log: EvidenceLog = store.evidence  # type: ignore[attr-defined]
 
@@ -293,15 +373,18 @@ class ShipmentEvidence:
         )
         windows = [(s.device_id, ts_us(s.start), ts_us(s.end)) for s in report.segments]
 
-        def collect() -> tuple[dict[str, Any], dict[int, bytes]]:
+        def collect() -> tuple[list[dict[str, Any]], dict[int, bytes], dict[int, tuple[str, int, int]]]:
             leaves: dict[int, bytes] = {}
+            spans: dict[int, tuple[str, int, int]] = {}  # readings batch -> device, first, last
             devices: list[dict[str, Any]] = []
             with store.evidence_connection() as conn:  # type: ignore[attr-defined]
                 for i, (device, start, end) in enumerate(windows, start=1):
-                    chain = log.device_leaves(conn, device)
-                    picked = batches_over(chain, start, end)
+                    picked = batches_over(log.device_leaves(conn, device), start, end)
                     for leaf in picked:
                         leaves[leaf.index] = leaf.entry
+                        span = _span(leaf.entry)
+                        if span is not None:
+                            spans[leaf.index] = (device, *span)
                     devices.append(
                         {"segment": i, "device_id": device, "start_us": start, "end_us": end,
                          "batches": [leaf.index for leaf in picked]}
@@ -312,58 +395,96 @@ class ShipmentEvidence:
                     got = log.leaves(conn, index, index + 1)
                     if got:
                         leaves[index] = got[0].entry
-            return {"devices": devices}, leaves
+            return devices, leaves, spans
 
-        part, leaves = await asyncio.to_thread(collect)
+        devices, leaves, spans = await asyncio.to_thread(collect)
         needed = max(leaves, default=-1) + 1
         checkpoint = await evidence.checkpoint()
         if checkpoint.size < needed:
             checkpoint = await evidence.checkpoint(force=True)
 
-        def prove_and_read() -> tuple[dict[int, list[bytes]], dict[int, list[dict[str, Any]]]]:
+        def prove_and_read() -> tuple[bytes, dict[int, bytes]]:
             with store.evidence_connection() as conn:  # type: ignore[attr-defined]
-                proofs = log.inclusion_proofs(conn, sorted(leaves), checkpoint.size) if leaves else {}
-            readings: dict[int, list[dict[str, Any]]] = {}
-            for index, entry in leaves.items():
-                rec = parse_record(entry)
-                if isinstance(rec, ReadingsBatch):
-                    rows = store.readings_of_leaf(rec.device_id, index, rec.ts_first_us, rec.ts_last_us)
-                    readings[index] = [
-                        {"ts_us": ts_us(r.ts), "temp_c": r.temp_c, "rh": r.rh, "battery_v": r.battery_v,
-                         "door_open": r.door_open, "seq": r.seq}
-                        for r in rows
-                    ]  # fmt: skip
-            return proofs, readings
+                proof = log.multi_inclusion_proof(conn, leaves, checkpoint.size) if leaves else []
+            records: dict[int, bytes] = {}
+            for index, (device, first, last) in spans.items():
+                # The readings as stored now, whatever they hash to: the verifier judges them.
+                rows = store.readings_of_leaf(device, index, first, last)
+                records[index] = b"".join(
+                    [pack_reading(ts_us(r.ts), r.temp_c, r.rh, r.battery_v, r.door_open, r.seq) for r in rows]
+                )
+            return b"".join(proof), records
 
-        proofs, readings = await asyncio.to_thread(prove_and_read)
+        proof, records = await asyncio.to_thread(prove_and_read)
         return {
             "vkey_origin": (evidence.vkey or "").split("+", 1)[0],
             "checkpoint": checkpoint.note,
             "size": checkpoint.size,
             "opened_leaf": shipment.opened_leaf,
             "closed_leaf": shipment.closed_leaf,
-            **part,
+            "devices": devices,
             "alert_leaves": alert_leaves,
             "file_leaves": {f.sha256: f.evidence_leaf for f in files},
             "leaves": {str(i): b64(e) for i, e in sorted(leaves.items())},
-            "proofs": {str(i): [b64(h) for h in p] for i, p in sorted(proofs.items())},
-            "readings": {str(i): r for i, r in sorted(readings.items())},
+            "multiproof": b64(proof),
+            "records": {str(i): b64(r) for i, r in sorted(records.items())},
         }
+
+
+def _span(entry: bytes) -> tuple[int, int] | None:
+    """A readings batch leaf's time range, read without building its record (a device's
+    whole chain is scanned for each answer); None for a leaf that is not one."""
+    try:
+        rec = orjson.loads(entry)
+        first, last = rec["ts_first_us"], rec["ts_last_us"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+    if rec.get("kind") != "readings_batch" or not isinstance(first, int) or not isinstance(last, int):
+        return None
+    return first, last
 
 
 def batches_over(chain: Sequence[Any], start_us: int, end_us: int) -> list[Any]:
     """A device's batch leaves that hold readings in [start, end), with the batch just
     before and just after the window when they exist: the neighbours let a verifier see
-    that nothing was left out at the window's edges (the chain's prev pointers link them)."""
-    records = [(leaf, parse_record(leaf.entry)) for leaf in chain]
-    inside = [i for i, (_, r) in enumerate(records) if r.ts_last_us >= start_us and r.ts_first_us < end_us]  # type: ignore[attr-defined]
+    that nothing was left out at the window's edges (the chain's prev pointers link them).
+    A leaf whose time range cannot be read counts as inside: the verifier names it."""
+    spans = [_span(leaf.entry) for leaf in chain]
+    inside = [i for i, s in enumerate(spans) if s is None or (s[1] >= start_us and s[0] < end_us)]
     if not inside:
-        before = [i for i, (_, r) in enumerate(records) if r.ts_last_us < start_us]  # type: ignore[attr-defined]
-        after = [i for i, (_, r) in enumerate(records) if r.ts_first_us >= end_us]  # type: ignore[attr-defined]
-        pick = before[-1:] + after[:1]
-        return [records[i][0] for i in pick]
-    lo, hi = max(inside[0] - 1, 0), min(inside[-1] + 1, len(records) - 1)
-    return [records[i][0] for i in range(lo, hi + 1)]
+        before = [i for i, s in enumerate(spans) if s is not None and s[1] < start_us]
+        after = [i for i, s in enumerate(spans) if s is not None and s[0] >= end_us]
+        return [chain[i] for i in before[-1:] + after[:1]]
+    lo, hi = max(inside[0] - 1, 0), min(inside[-1] + 1, len(chain) - 1)
+    return list(chain[lo : hi + 1])
+
+
+def fingerprint(store: Store, shipment: Shipment, as_of: datetime, files: Sequence[StoredFile]) -> bytes:
+    """What an answer was built from, in a few aggregate queries (web.answer_cache): per
+    segment the device's readings by day (count, min, max, mean), the leaves covering
+    them and the alerts with their audit; the files and the profile."""
+    stop = report_end(shipment, as_of)
+    h = hashlib.sha256()
+    for seg in shipment.segments:
+        end = seg.end if seg.end is not None else stop  # (an open one's "now" is not hashed)
+        h.update(repr((seg.device_id, seg.start, seg.end)).encode())
+        if end <= seg.start:
+            continue
+        days = store.history(seg.device_id, seg.start, end, timedelta(days=1))
+        h.update(repr([(b.start, b.count, b.min_c, b.max_c, b.mean_c) for b in days]).encode())
+        h.update(repr(store.leaves_covering(seg.device_id, ts_us(seg.start), ts_us(end))).encode())
+        h.update(repr(store.alerts_overlapping(seg.device_id, seg.start, end)).encode())  # type: ignore[attr-defined]
+    h.update(repr(list(files)).encode())
+    h.update(repr(find_profile(store, shipment.profile_id)).encode())
+    return h.digest()
+
+
+def _size(body: dict[str, Any]) -> int:
+    """An answer's size for the cache's byte bound: its base64 texts, which are nearly all
+    of it, plus room for the rest."""
+    ev = body.get("evidence") or {}
+    texts = [*ev.get("leaves", {}).values(), *ev.get("records", {}).values(), ev.get("multiproof", "")]
+    return sum(len(t) for t in texts) + 64 * 1024
 
 
 def public_report(report: ShipmentReport) -> dict[str, Any]:
@@ -407,14 +528,19 @@ class BundleApi:
     """``GET /api/v1/public/shipments/{id}/bundle``: the offline evidence bundle, public
     like the trust page it is downloaded from."""
 
-    def __init__(self, store: Callable[[], Store], builder: ShipmentEvidence) -> None:
+    def __init__(
+        self, store: Callable[[], Store], builder: ShipmentEvidence, limiter: RateLimiter | None = None
+    ) -> None:
         self._store = store
         self._builder = builder
+        self._limiter = limiter
 
     def register(self, router: web.UrlDispatcher) -> None:
         router.add_get("/api/v1/public/shipments/{id}/bundle", self.download)
 
     async def download(self, request: web.Request) -> web.Response:
+        if self._limiter is not None:
+            self._limiter.check(request, BUNDLE_RATE_COST)
         shipment = await load_shipment(self._store(), request.match_info["id"])
         body = await self._builder.bundle(shipment)
         if body is None:

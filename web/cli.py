@@ -471,6 +471,9 @@ def _assign_demo_fleet(app: web.Application) -> None:
     service.add_listener(show)
 
 
+DEMO_SEAL_SPAN_S = 30.0
+
+
 async def run_demo(config: Config, port: int, interval: float, duration: float) -> None:
     from devices.simulator import Fleet, demo_fleet
     from web.embedded_broker import EmbeddedBroker
@@ -487,6 +490,10 @@ async def run_demo(config: Config, port: int, interval: float, duration: float) 
     # The demo shows live video too: the test pattern, watchable over WHEP at /whep/demo;
     # and signs its evidence log with a key of its own, so its trust page verifies.
     config = replace(config, demo_test_pattern=True)
+    # Readings are sealed into the log a device window at a time (15 min by default): the
+    # demo's trust page should show them verified within a minute of arriving.
+    span = min(config.storage.evidence_batch_max_span_s, DEMO_SEAL_SPAN_S)
+    config = replace(config, storage=replace(config.storage, evidence_batch_max_span_s=span))
     if not config.evidence_key_file:
         config = replace(config, evidence_key_file=str(demo_key_file(config.storage.url)))
     app = build_app(config)

@@ -8,12 +8,16 @@
     origincast shipments report ID [--format json|csv|pdf] [--lang zh-CN|en] [-o FILE]
 
 Writes go straight to the database, like the API's (the same rules: telemetry.shipments).
+A close is the API's (web.evidence.close_shipment): the route's readings sealed into the
+evidence log, the closing leaf, a checkpoint signed with ``evidence.key_file`` and, with
+``evidence.tsa_url``, one attempt at the RFC 3161 token (a server's loop retries it).
 Times are ISO 8601 with a zone; the default is now.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -38,6 +42,7 @@ from telemetry.shipments import (
 )
 from telemetry.storage import Store, open_store
 from web.config import Config
+from web.evidence import EvidenceService, ReadingsNotSealed, close_shipment
 
 
 def add_shipments_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -125,14 +130,14 @@ def cmd_shipments(config: Config, args: argparse.Namespace) -> None:
     store.open()
     try:
         store.migrate()
-        _run(store, args)
-    except (ShipmentError, ReportError) as exc:
+        _run(store, args, config)
+    except (ShipmentError, ReportError, ReadingsNotSealed) as exc:
         raise SystemExit(f"origincast: {exc}") from None
     finally:
         store.close()
 
 
-def _run(store: Store, args: argparse.Namespace) -> None:
+def _run(store: Store, args: argparse.Namespace, config: Config) -> None:
     cmd = args.shipments_command
     if cmd == "create":
         known = set(builtin_profiles()) | set(store.list_profiles())
@@ -174,10 +179,28 @@ def _run(store: Store, args: argparse.Namespace) -> None:
         )
         print(_describe(_change(store, args.id, lambda s: add_segment(s, segment))))
     elif cmd == "close":
-        at = _when(args.at, "at")
-        print(_describe(_change(store, args.id, lambda s: close(s, at))))
+        print(_describe(asyncio.run(_close(store, config, args.id, _when(args.at, "at")))))
     elif cmd == "report":
         _report(store, args)
+
+
+async def _close(store: Store, config: Config, sid: str, at: datetime) -> Shipment:
+    service = EvidenceService.from_key_file(
+        store, config.evidence_key_file, config.evidence_checkpoint_interval_s, config.evidence_tsa
+    )
+
+    async def closed(saved: Shipment) -> None:
+        try:
+            cp = await service.shipment_closed(saved.closed_leaf)
+            if cp is not None and service.timestamper is not None:
+                await service.timestamper.run_once()  # this process does not stay to retry
+        except Exception as exc:  # the close is committed; a later checkpoint covers it too
+            print(f"origincast: shipment {sid} closed, but its checkpoint or timestamp failed: {exc}",
+                  file=sys.stderr)  # fmt: skip
+
+    shipment = _load(store, sid)
+    save = lambda: asyncio.to_thread(_change, store, sid, lambda s: close(s, at))  # noqa: E731
+    return await close_shipment(store, shipment, save, closed)
 
 
 def _report(store: Store, args: argparse.Namespace) -> None:

@@ -142,6 +142,10 @@ _SCHEMA: dict[tuple[str, str], tuple[type, object]] = {
     ("evidence", "tsa_url"): (str, ""),
     ("evidence", "tsa_timeout_s"): (float, 10.0),
     ("evidence", "tsa_retry_s"): (float, 60.0),
+    # A readings_batch leaf: one device's readings within this much reading time (and
+    # sealed at the latest this long after it opened), at most this many.
+    ("evidence", "batch_max_span_s"): (float, 900.0),
+    ("evidence", "batch_max_readings"): (int, 1000),
     # Comma-separated http(s) URLs that receive every alert event, signed with the secret.
     ("alerts", "webhooks"): (tuple, ()),
     ("alerts", "webhook_secret"): (str, ""),
@@ -273,6 +277,8 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
         ("ingest", "receive_maximum"),
         ("ingest", "max_payload_bytes"),
         ("database", "chunk_interval_hours"),
+        ("evidence", "batch_max_span_s"),
+        ("evidence", "batch_max_readings"),
     ]:
         positive(*sk)
     if not 1 <= v[("http", "port")] <= 65535:  # type: ignore[operator]
@@ -326,6 +332,8 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
             url=db_url,
             retention_days=int(v[("database", "retention_days")]),  # type: ignore[call-overload]
             chunk_interval_hours=int(v[("database", "chunk_interval_hours")]),  # type: ignore[call-overload]
+            evidence_batch_max_span_s=float(v[("evidence", "batch_max_span_s")]),  # type: ignore[arg-type]
+            evidence_batch_max_readings=int(v[("evidence", "batch_max_readings")]),  # type: ignore[call-overload]
         ),
         ingest=ingest,
         mqtt_url=mqtt_url,

@@ -9,8 +9,11 @@ Without a signing key the log still grows (every reading stays covered) but noth
 signed, and the checkpoint endpoints say how to make a key (``origincast keys init``).
 The key is read from its file at start and lives only in this object's signer.
 
-At a shipment's close (``shipment_closed``) a checkpoint covering the closing leaf is
-signed and, with a timestamp authority configured, sent for an RFC 3161 token
+At a shipment's close (``close_shipment``, the one sequence the API and the CLI run)
+the readings of the route's devices are sealed into leaves first (their batches may be
+open in this process's ingester or another's: telemetry.storage.evidence_batches), then
+the close is saved with its shipment_closed leaf, then a checkpoint covering that leaf
+is signed and, with a timestamp authority configured, sent for an RFC 3161 token
 (web.tsa): in the background, retried until the authority answers, so a close never
 waits for it or fails because of it.
 """
@@ -21,13 +24,15 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from telemetry.evidence.canonical import LeafRecord
 from telemetry.evidence.keys import KeyFileError, load_key
 from telemetry.evidence.log import EvidenceLog, SignedCheckpoint
 from telemetry.evidence.note import NoteSigner
+from telemetry.shipments import Shipment, ShipmentState
 from telemetry.storage import StorageUnavailable, Store
+from telemetry.storage.evidence_batches import SEAL_WAIT_S
 from web.tsa import StoredTimestamp, Timestamper, TimestampStore, TsaSettings
 
 log = logging.getLogger(__name__)
@@ -37,6 +42,42 @@ ON_DEMAND_MIN_INTERVAL_S = 1.0
 
 class NoSigningKey(RuntimeError):
     """The server has no signing key, so it signs no checkpoints."""
+
+
+class ReadingsNotSealed(RuntimeError):
+    """A shipment's devices have readings in batches their ingester did not seal in time:
+    closing now would leave them out of what the close's checkpoint proves."""
+
+    def __init__(self, devices: Sequence[str], wait_s: float) -> None:
+        super().__init__(
+            f"the readings of {', '.join(devices)} are held in open evidence batches by an ingester"
+            f" that did not seal them within {wait_s:g} s; the shipment is not closed, try again"
+        )
+        self.devices = list(devices)
+
+
+async def close_shipment(
+    store: Store,
+    shipment: Shipment,
+    save: Callable[[], Awaitable[Shipment]],
+    closed: Callable[[Shipment], Awaitable[None]] | None,
+    wait_s: float | None = None,
+) -> Shipment:
+    """Close a shipment the one way: seal its route's devices' readings (this store's
+    batches, those of writers gone, and those of live ingesters, asked and waited for),
+    then ``save`` (which stores the close and its shipment_closed leaf), then ``closed``
+    (the checkpoint covering that leaf and the timestamp request). A shipment closed
+    already goes straight to ``save``, which refuses it."""
+    wait_s = SEAL_WAIT_S if wait_s is None else wait_s
+    devices = sorted({s.device_id for s in shipment.segments})
+    if devices and shipment.state is ShipmentState.OPEN:
+        left = await asyncio.to_thread(store.seal_pending, devices, wait_s=wait_s)
+        if left:
+            raise ReadingsNotSealed(left, wait_s)
+    saved = await save()
+    if closed is not None:
+        await closed(saved)
+    return saved
 
 
 class EvidenceService:

@@ -720,7 +720,9 @@ def _trust_paths() -> dict[str, Any]:
                 "A shipment as its trust page shows it, with the evidence the page verifies",
                 tag="trust",
                 description="No login. `evidence` (null without a signing key) holds a signed"
-                " checkpoint, leaves (base64), their inclusion proofs and each batch's raw readings.",
+                " checkpoint, leaves (base64), one multi-leaf inclusion proof for them all (`multiproof`:"
+                " base64 of 32-byte hashes) and each batch's raw readings (`records`: base64 of the"
+                " 29-byte records its digest is over). Rate-limited per client address.",
                 params=[sid],
                 responses={
                     **_ok("the shipment", _obj({"shipment": {"type": "object"}, "report": {"type": "object"},
@@ -728,6 +730,7 @@ def _trust_paths() -> dict[str, Any]:
                                                 "streams": {"type": "array"},
                                                 "evidence": _nullable({"type": "object"})})),
                     "404": _error("no such shipment"),
+                    "429": _error("too many requests from this address; Retry-After says when to retry"),
                 },
             )
         },
@@ -747,6 +750,7 @@ def _trust_paths() -> dict[str, Any]:
                                               "evidence": {"type": "object"},
                                               "timestamp": {"type": "object"}})),
                     "404": _error("no such shipment"),
+                    "429": _error("too many requests from this address; Retry-After says when to retry"),
                     "503": _error("the evidence log has no signing key"),
                 },
             )
@@ -965,7 +969,12 @@ def _shipment_paths() -> dict[str, Any]:
                 tag="shipments",
                 body=_strict({}, {"at": TIME}),
                 body_required=False,
-                responses={**_ok("the shipment", _ref("Shipment")), **not_found, **conflict},
+                responses={
+                    **_ok("the shipment", _ref("Shipment")),
+                    **not_found,
+                    **conflict,
+                    "503": _error("an ingester holding readings of the route did not seal them in time"),
+                },
             ),
         },
         "/api/v1/shipments/{id}/report": {

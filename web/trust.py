@@ -4,14 +4,17 @@
 The endpoint answers what a customer may see and, beside it, every piece of evidence
 the page checks in the browser (web/static/trust.js with verify.js): a signed
 checkpoint, the leaves (shipment opened/closed, each device's readings batches over its
-segment, alert events, files) with their inclusion proofs, and each batch's raw
-readings. It is a self-contained bundle: the page needs no other request to verify, and
-the server is not trusted for any of it — a lie shows as a failed check. The body is
-built by web.bundle, which also builds the offline evidence bundle from the same parts.
+segment, alert events, files) with one multi-leaf inclusion proof for them all, and each
+batch's raw readings as the records its digest is over. It is a self-contained bundle:
+the page needs no other request to verify, and the server is not trusted for any of it
+— a lie shows as a failed check. The body is built (and kept for repeat requests) by
+web.bundle, which also builds the offline evidence bundle from the same parts. Both
+endpoints are rate-limited per client address (web.rate_limit).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -20,8 +23,8 @@ from aiohttp import web
 
 from telemetry.shipments import ShipmentError, check_shipment_id
 from telemetry.storage import Store
-from telemetry.storage.files import FileCatalog
 from web.bundle import EvidenceAccess, ShipmentEvidence, StreamInfo, load_shipment
+from web.rate_limit import RateLimiter
 
 NO_STORE = "no-store"
 
@@ -37,37 +40,34 @@ def evidence_of(app: web.Application) -> EvidenceAccess | None:
     return service  # type: ignore[return-value]
 
 
-def _json(body: object, status: int = 200) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(body),
-        status=status,
-        content_type="application/json",
-        headers={"Cache-Control": NO_STORE},
-    )
-
-
 class TrustApi:
     def __init__(
         self,
         store: Callable[[], Store],
-        files: FileCatalog,
-        evidence: Callable[[], EvidenceAccess | None],
+        builder: ShipmentEvidence,
         streams: Callable[[Sequence[str]], Any] | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self._store = store
-        self._builder = ShipmentEvidence(store, files, evidence)
+        self._builder = builder
         # slugs -> [StreamInfo] (public streams only), async
         self._streams = streams
+        self._limiter = limiter
 
     def register(self, router: web.UrlDispatcher) -> None:
         router.add_get("/api/v1/public/shipments/{id}", self.public_shipment)
 
     async def public_shipment(self, request: web.Request) -> web.Response:
+        if self._limiter is not None:
+            self._limiter.check(request)
         shipment = await load_shipment(self._store(), request.match_info["id"])
         streams: list[StreamInfo] = []
         if self._streams is not None and shipment.streams:
             streams = await self._streams(shipment.streams)
-        return _json(await self._builder.view(shipment, streams))
+        body = await self._builder.view(shipment, streams)
+        # (a month of readings is megabytes: serialized off the event loop)
+        data = await asyncio.to_thread(orjson.dumps, body)
+        return web.Response(body=data, content_type="application/json", headers={"Cache-Control": NO_STORE})
 
 
 # Only this origin; never framed (a frame could dress another site's claims in our

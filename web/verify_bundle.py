@@ -4,12 +4,14 @@ token's own.
 
 The checks, each naming the record that fails:
 - the checkpoint's signature by the key given (never the key the bundle carries);
-- every leaf's inclusion proof in that checkpoint;
+- every leaf's inclusion in that checkpoint: one multi-leaf proof for them all (bundle
+  version 2, the trust page's form), or a proof per leaf (version 1, earlier servers');
 - the shipment_opened and shipment_closed records against the shipment shown
   (product, batch, origin, limits; closing time and route);
 - each device's chain of batches over its segment (``walk_batch_chain``: a broken link
   is a mismatch, a missing batch or sequence numbers that never arrived are gaps);
-- each batch's raw readings against the digest its leaf records;
+- each batch's raw readings against the digest its leaf records (version 2: the 29-byte
+  records the digest is over; version 1: JSON objects);
 - the report's figures recomputed from those readings by telemetry.reports, the very
   functions the server computed them with, against the figures shown;
 - every acknowledgement and resolution shown against an alert_event leaf;
@@ -40,6 +42,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from telemetry.alerts.rules import Direction
+from telemetry.evidence import merkle
 from telemetry.evidence.canonical import (
     AlertEvent,
     FileManifest,
@@ -48,6 +51,7 @@ from telemetry.evidence.canonical import (
     ShipmentClosed,
     ShipmentOpened,
     parse_record,
+    unpack_readings,
 )
 from telemetry.evidence.note import Checkpoint
 from telemetry.evidence.verify import (
@@ -71,12 +75,17 @@ from telemetry.reports import (
 )
 
 BUNDLE_FORMAT = "origincast-evidence-bundle"
-SUPPORTED_VERSIONS = frozenset({1})
+SUPPORTED_VERSIONS = frozenset({1, 2})
 SHA256_OID = x509.ObjectIdentifier("2.16.840.1.101.3.4.2.1")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Figures are recomputed by the same code from the same values, so they agree to the
 # last bit; the tolerance only forgives a JSON round trip.
 _ABS_TOL = 1e-6
+# Version 2's readings are the digest's float32 values, where the server may have
+# computed its figures from more digits (SQLite keeps doubles): a temperature figure
+# (a min, max, weighted mean or MKT) then moves by at most a few float32 roundings of
+# the largest temperature (MKT weighs a reading by up to ~(T_mkt / T)^2 < 3).
+_F32_ROUNDING = 2.0**-24
 
 
 class BundleError(ValueError):
@@ -186,6 +195,7 @@ class _Checker:
         self.profile = _get(bundle, "profile", dict, "bundle")
         self.files = _get(bundle, "files", list, "bundle")
         self.ev = _get(bundle, "evidence", dict, "bundle")
+        self.version = bundle["version"]
         self.records: dict[int, Any] = {}
         self.entries: dict[int, bytes] = {}
 
@@ -215,33 +225,77 @@ class _Checker:
         self._alerts()
         self._files()
         self._timestamp(cp)
+        pending = self.b.get("pending")
+        if isinstance(pending, Mapping):
+            # the server's own statement, not evidence: what the record above leaves out
+            self.v.notes.append(
+                f"{pending.get('count')} newer readings (from {pending.get('first')}) were not sealed into"
+                f" the log yet when this bundle was made; the record ends at {pending.get('through')}"
+            )
         return self.v
 
     # -- leaves ------------------------------------------------------------------------
 
     def _leaves(self, cp: Checkpoint) -> None:
         leaves = _get(self.ev, "leaves", dict, "evidence")
-        proofs = _get(self.ev, "proofs", dict, "evidence")
+        entries: dict[int, bytes] = {}
         for key, b64 in leaves.items():
             try:
                 index = int(key)
             except ValueError:
                 raise BundleError(f"evidence.leaves has a key {key!r} that is no leaf index") from None
-            entry = _b64(b64, f"leaf {index}")
-            proof = [_b64(h, f"leaf {index}'s proof") for h in _get(proofs, key, list, "evidence.proofs")]
+            entries[index] = _b64(b64, f"leaf {index}")
+        if self.version == 1:
+            proved = self._proved_one_by_one(cp, entries)
+        else:
+            proved = self._proved_together(cp, entries)
+        for index in proved:
+            entry = entries[index]
             try:
-                record = parse_record(entry)
+                self.records[index] = parse_record(entry)
             except RecordError as exc:
                 self.fail(f"leaf {index}: not a record of the log ({exc})")
                 continue
+            self.entries[index] = entry
+        self.v.notes.append(f"{len(self.records)} records proved included in the checkpoint")
+
+    def _proved_one_by_one(self, cp: Checkpoint, entries: Mapping[int, bytes]) -> list[int]:
+        proofs = _get(self.ev, "proofs", dict, "evidence")
+        proved = []
+        for index, entry in entries.items():
+            key = str(index)
+            proof = [_b64(h, f"leaf {index}'s proof") for h in _get(proofs, key, list, "evidence.proofs")]
             try:
                 verify_leaf_inclusion(entry, index, proof, cp)
             except VerificationFailed as exc:
-                self.fail(f"leaf {index} ({record.kind}): not in the signed log: {exc.detail}")
+                try:
+                    kind = parse_record(entry).kind
+                except RecordError:
+                    kind = "not a record"
+                self.fail(f"leaf {index} ({kind}): not in the signed log: {exc.detail}")
                 continue
-            self.records[index] = record
-            self.entries[index] = entry
-        self.v.notes.append(f"{len(self.records)} records proved included in the checkpoint")
+            proved.append(index)
+        return proved
+
+    def _proved_together(self, cp: Checkpoint, entries: Mapping[int, bytes]) -> list[int]:
+        """One multi-leaf proof for every leaf: it holds for all of them or names none (a
+        proof that fails cannot tell which leaf is not in the tree)."""
+        if not entries:
+            return []
+        blob = _b64(_get(self.ev, "multiproof", str, "evidence"), "evidence.multiproof")
+        if len(blob) % merkle.HASH_SIZE:
+            raise BundleError("evidence.multiproof is not a list of 32-byte hashes")
+        proof = [blob[i : i + merkle.HASH_SIZE] for i in range(0, len(blob), merkle.HASH_SIZE)]
+        hashes = {i: merkle.leaf_hash(e) for i, e in entries.items()}
+        try:
+            merkle.verify_multi_inclusion(cp.size, hashes, proof, cp.root_hash)
+        except merkle.ProofError as exc:
+            self.fail(
+                f"the bundle's {len(entries)} records (leaves {min(entries)}..{max(entries)}): not all"
+                f" in the signed log: {exc}"
+            )
+            return []
+        return sorted(entries)
 
     def _record(self, index: object, kind: type, what: str) -> Any:
         if isinstance(index, bool) or not isinstance(index, int):
@@ -311,7 +365,7 @@ class _Checker:
 
     def _chains(self) -> list[list[dict[str, Any]]]:
         """Each segment's raw readings (of batches whose digest matched)."""
-        raw = _get(self.ev, "readings", dict, "evidence")
+        raw = _get(self.ev, "readings" if self.version == 1 else "records", dict, "evidence")
         devices = _get(self.ev, "devices", list, "evidence")
         segments = _get(self.shipment, "segments", list, "shipment")
         if len(devices) != len(segments):
@@ -344,9 +398,9 @@ class _Checker:
                 batch = self.records[index]
                 if not isinstance(batch, ReadingsBatch):
                     continue
-                rows = raw.get(str(index))
+                rows = self._batch_readings(raw.get(str(index)), index)
                 if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-                    self.fail(f"readings batch {index} ({device}): its readings are not in the bundle")
+                    self.fail(f"readings batch {index} ({device}): its readings are missing or unreadable")
                     continue
                 try:
                     check_batch_readings(index, batch, rows)
@@ -362,6 +416,15 @@ class _Checker:
             out.append(readings)
         self.v.notes.append(f"{total} readings in {batches} batches match their records")
         return out
+
+    def _batch_readings(self, shown: object, index: int) -> object:
+        """A batch's readings as ``reading_record`` dicts (version 2: from its records)."""
+        if self.version == 1 or shown is None:
+            return shown
+        try:
+            return unpack_readings(_b64(shown, f"readings batch {index}'s records"))
+        except (RecordError, BundleError):
+            return None
 
     # -- the report's figures --------------------------------------------------------------
 
@@ -379,6 +442,10 @@ class _Checker:
             raise BundleError(f"the report's method or limits cannot be read: {exc}") from None
         shown_segments = _get(self.report, "segments", list, "report")
         devices = self.ev["devices"]
+        temp_tol = _ABS_TOL
+        if self.version >= 2:
+            hottest = max((abs(float(r["temp_c"])) for rows in readings for r in rows), default=0.0)
+            temp_tol += 4 * _F32_ROUNDING * hottest
         all_weighted: list[Weighted] = []
         all_gaps: list[TimeGap] = []
         window = timedelta()
@@ -395,7 +462,8 @@ class _Checker:
             summary = summarize(weighted, gaps, end - start, limits, params.activation_k)
             name = f"segment {i + 1} ({d['device_id']})"
             if i < len(shown_segments):
-                self._compare(name, _get(shown_segments[i], "summary", dict, "report.segments[]"), summary)
+                shown = _get(shown_segments[i], "summary", dict, "report.segments[]")
+                self._compare(name, shown, summary, temp_tol)
             all_weighted += weighted
             all_gaps += gaps
             window += end - start
@@ -405,16 +473,16 @@ class _Checker:
                     f" ({gap.duration.total_seconds() / 60:.0f} min)"
                 )
         total = summarize(all_weighted, all_gaps, window, limits, params.activation_k)
-        self._compare("the whole shipment", _get(self.report, "total", dict, "report"), total)
+        self._compare("the whole shipment", _get(self.report, "total", dict, "report"), total, temp_tol)
 
-    def _compare(self, name: str, shown: Mapping[str, Any], computed: Summary) -> None:
+    def _compare(self, name: str, shown: Mapping[str, Any], computed: Summary, temp_tol: float) -> None:
         again = computed.to_dict()
         bad = []
         if shown.get("reading_count") != again["reading_count"]:
             bad.append(f"reading_count {shown.get('reading_count')} (recomputed {again['reading_count']})")
         for k in ("min_c", "max_c", "mean_c", "mkt_c", "window_s", "covered_s", "gap_s", "in_range_s",
                   "out_of_range_s"):  # fmt: skip
-            if not _close(shown.get(k), again[k]):
+            if not _close(shown.get(k), again[k], temp_tol if k.endswith("_c") else _ABS_TOL):
                 bad.append(f"{k} {shown.get(k)} (recomputed {again[k]})")
         beyond = {b["limit_id"]: b["beyond_s"] for b in again["beyond"]}
         for b in shown.get("beyond") or []:
@@ -584,12 +652,12 @@ def _limit(d: Mapping[str, Any]) -> Limit:
     )
 
 
-def _close(a: object, b: object) -> bool:
+def _close(a: object, b: object, abs_tol: float = _ABS_TOL) -> bool:
     if a is None or b is None:
         return a is None and b is None
     if isinstance(a, bool) or not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
         return False
-    return math.isclose(a, b, rel_tol=1e-9, abs_tol=_ABS_TOL)
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=abs_tol)
 
 
 def _fmt(t: datetime) -> str:

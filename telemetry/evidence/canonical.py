@@ -15,6 +15,7 @@ import re
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from itertools import pairwise
 from typing import Any, ClassVar, Protocol
 
 import rfc8785
@@ -83,8 +84,10 @@ _READING_BYTES = struct.Struct("<qfffqB")
 READING_RECORD_SIZE = _READING_BYTES.size
 
 
-def _pack_reading(ts_us: int, temp_c: float, rh: float | None, battery_v: float | None,
-                  door_open: bool | None, seq: int | None) -> bytes:  # fmt: skip
+def pack_reading(ts_us: int, temp_c: float, rh: float | None = None, battery_v: float | None = None,
+                 door_open: bool | None = None, seq: int | None = None) -> bytes:  # fmt: skip
+    """One reading's 29-byte digest record (what an ingest path keeps of each reading of
+    a batch it has not sealed yet: ``readings_batch_from_packed`` seals them)."""
     flags = (
         (1 if rh is not None else 0)
         | (2 if battery_v is not None else 0)
@@ -94,6 +97,9 @@ def _pack_reading(ts_us: int, temp_c: float, rh: float | None, battery_v: float 
     if seq is not None and not 0 <= seq < 2**53:
         raise RecordError(f"seq {seq!r} is outside 0..2**53-1")
     return _READING_BYTES.pack(ts_us, temp_c, rh or 0.0, battery_v or 0.0, seq or 0, flags)
+
+
+_pack_reading = pack_reading
 
 
 def readings_digest(readings: Iterable[Mapping[str, JSONValue]]) -> str:
@@ -114,6 +120,34 @@ def readings_digest(readings: Iterable[Mapping[str, JSONValue]]) -> str:
 ReadingRow = tuple[int, float, "float | None", "float | None", "bool | None", "int | None"]
 
 
+def readings_batch_from_packed(device_id: str, packed: bytes | bytearray) -> ReadingsBatch:
+    """The ``readings_batch`` of records made by ``pack_reading``, concatenated in any
+    order: sorted by time here (a device's readings have distinct times), so the record
+    equals ``readings_batch_from_rows`` of the same readings."""
+    size = READING_RECORD_SIZE
+    if not packed or len(packed) % size:
+        raise RecordError(f"packed readings must be a non-empty multiple of {size} bytes")
+    fields = list(_READING_BYTES.iter_unpack(packed))
+    ts = [f[0] for f in fields]
+    view = memoryview(packed)
+    if any(a >= b for a, b in pairwise(ts)):
+        order = sorted(range(len(ts)), key=ts.__getitem__)
+        data = b"".join([view[i * size : (i + 1) * size] for i in order])
+        first, last = ts[order[0]], ts[order[-1]]
+    else:
+        data, first, last = bytes(view), ts[0], ts[-1]
+    seqs = [f[4] for f in fields if f[5] & 4]
+    return ReadingsBatch(
+        device_id=device_id,
+        count=len(fields),
+        ts_first_us=first,
+        ts_last_us=last,
+        readings_sha256=hashlib.sha256(data).hexdigest(),
+        seq_first=min(seqs) if seqs else None,
+        seq_last=max(seqs) if seqs else None,
+    )
+
+
 def readings_batch_from_rows(device_id: str, rows: Iterable[ReadingRow]) -> ReadingsBatch:
     """``readings_batch`` for the ingest path: rows of (ts_us, temp_c, rh, battery_v,
     door_open, seq), hashed without building a dict per reading; the same record."""
@@ -132,6 +166,27 @@ def readings_batch_from_rows(device_id: str, rows: Iterable[ReadingRow]) -> Read
         seq_first=min(seqs) if seqs else None,
         seq_last=max(seqs) if seqs else None,
     )
+
+
+def unpack_readings(packed: bytes | bytearray) -> list[dict[str, JSONValue]]:
+    """The ``reading_record`` dicts of concatenated 29-byte digest records, in their
+    order: a verifier's reading of the records a trust page or a bundle carries (their
+    SHA-256 is the batch's digest when they are its readings in time order)."""
+    if len(packed) % READING_RECORD_SIZE:
+        raise RecordError(f"packed readings must be a multiple of {READING_RECORD_SIZE} bytes")
+    out: list[dict[str, JSONValue]] = []
+    for ts_us, temp_c, rh, battery_v, seq, flags in _READING_BYTES.iter_unpack(packed):
+        rec: dict[str, JSONValue] = {"ts_us": ts_us, "temp_c": temp_c}
+        if flags & 1:
+            rec["rh"] = rh
+        if flags & 2:
+            rec["battery_v"] = battery_v
+        if flags & 8:
+            rec["door_open"] = bool(flags & 16)
+        if flags & 4:
+            rec["seq"] = seq
+        out.append(rec)
+    return out
 
 
 # -- common checks ---------------------------------------------------------------------

@@ -6,7 +6,7 @@ tier through ``asyncio.to_thread``. Each back end is safe to call from several t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -51,8 +51,28 @@ class Store(AlertStore, ShipmentStore, Protocol):
 
     @property
     def evidence(self) -> EvidenceLog:
-        """The evidence log in this database: write_batch appends the leaves covering
-        each batch's new readings in the batch's own transaction."""
+        """The evidence log in this database. Readings are covered by readings_batch
+        leaves sealed per device over a time window (telemetry.storage.evidence_batches):
+        write_batch gives each new row its batch and seals the batches then due, in a
+        transaction after the readings' own."""
+        ...
+
+    def seal_due(self) -> int:
+        """The writer's tick (about once a second): seal this store's batches open as
+        long as the window or asked for by a closer, and batches whose owner is gone.
+        Returns the number of leaves written."""
+        ...
+
+    def seal_pending(self, device_ids: Collection[str] | None = None, *, wait_s: float = 0.0) -> list[str]:
+        """Seal now every batch this store holds (of the given devices, or all) and those
+        whose owner is gone; with devices and ``wait_s``, have live owners seal theirs and
+        wait for them. Returns the devices whose readings are still not all sealed."""
+        ...
+
+    def pending_readings(self, device_id: str, start: datetime, end: datetime) -> list[Reading]:
+        """A device's stored readings in [start, end) that no sealed readings_batch leaf
+        covers yet, in time order: recorded, not yet sealed (and readings stored with
+        the log off, which never will be)."""
         ...
 
     def evidence_connection(self) -> AbstractContextManager[Any]:

@@ -20,10 +20,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import errors
@@ -36,11 +36,13 @@ from telemetry.readings import Bucket, Reading, Rejection
 from telemetry.settings import StorageSettings
 from telemetry.storage.alerts_postgres import PostgresAlertStore
 from telemetry.storage.base import StorageUnavailable, WriteResult
-from telemetry.storage.evidence_batches import first_of_each_key, plan_batches
+from telemetry.storage.evidence_batches import BatchLimits, OpenBatches, Plan, first_of_each_key
 from telemetry.storage.migrate import load_migrations
+from telemetry.storage.sealing import OWNER_LOCK_SPACE, PostgresBatchSql, SealingStore
 from telemetry.storage.shipments_postgres import PostgresShipmentStore
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # pg_advisory_lock key serialising migrate() across processes ("origcast" in ASCII).
 MIGRATION_LOCK_KEY = 0x6F72_6967_6361_7374
@@ -48,16 +50,24 @@ MIGRATION_LOCK_KEY = 0x6F72_6967_6361_7374
 FEATURES = ("timescaledb", "hypertable", "compression", "retention_policy", "continuous_aggregate")
 
 _READING_COLUMNS = "device_id, ts, temp_c, rh, battery_v, door_open, seq"
-# A reading row is the Reading tuple and the index of the evidence leaf covering it.
+# A reading row is the Reading tuple and the id of the evidence batch covering it.
 _READING_TYPES = ["text", "timestamptz", "float4", "float4", "float4", "bool", "int8", "int8"]
-_COPY_READINGS = f"COPY readings ({_READING_COLUMNS}, evidence_leaf) FROM STDIN (FORMAT BINARY)"
-# The keys of a batch that hit stored ones (a redelivery): which of its readings are new.
-_STAGE = "readings_incoming_keys"
+_COPY_READINGS = f"COPY readings ({_READING_COLUMNS}, evidence_batch) FROM STDIN (FORMAT BINARY)"
+# A batch holding keys stored already (a redelivery) is staged whole, then inserted with
+# ON CONFLICT DO NOTHING, which says which rows went in (and waits for, rather than
+# races, another writer inserting the same keys); in key order, so two such writers
+# take their row locks in the same order.
+_STAGE = "readings_incoming"
 _CREATE_STAGE = (
-    f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (device_id text, ts timestamptz) ON COMMIT DELETE ROWS"
+    f"CREATE TEMP TABLE IF NOT EXISTS {_STAGE} (device_id text, ts timestamptz, temp_c real, rh real,"
+    " battery_v real, door_open boolean, seq bigint, evidence_batch bigint) ON COMMIT DELETE ROWS"
 )
-_COPY_STAGE = f"COPY {_STAGE} (device_id, ts) FROM STDIN (FORMAT BINARY)"
-_STORED_KEYS = f"SELECT k.device_id, k.ts FROM {_STAGE} k JOIN readings r USING (device_id, ts)"
+_COPY_STAGE = f"COPY {_STAGE} ({_READING_COLUMNS}, evidence_batch) FROM STDIN (FORMAT BINARY)"
+_INSERT_STAGED = (
+    f"INSERT INTO readings ({_READING_COLUMNS}, evidence_batch)"
+    f" SELECT {_READING_COLUMNS}, evidence_batch FROM {_STAGE} ORDER BY device_id, ts"
+    " ON CONFLICT (device_id, ts) DO NOTHING RETURNING device_id, ts"
+)
 _INSERT_REJECTION = (
     "INSERT INTO rejected_messages (received_at, topic, payload_head, reason, detail)"
     " VALUES (%s, %s, %s, %s, %s)"
@@ -122,7 +132,7 @@ def _reading(row: tuple) -> Reading:
     return Reading(device_id, _utc(ts), temp_c, rh, battery_v, door_open, seq)
 
 
-class PostgresStore(PostgresAlertStore, PostgresShipmentStore):
+class PostgresStore(PostgresAlertStore, PostgresShipmentStore, SealingStore):
     def __init__(self, settings: StorageSettings) -> None:
         self._settings = settings
         self._conninfo = _conninfo(settings.url)
@@ -133,8 +143,18 @@ class PostgresStore(PostgresAlertStore, PostgresShipmentStore):
         self._features: dict[str, bool] | None = None
         self.license: str | None = None  # current_setting('timescaledb.license')
         self.kind = "postgres"
-        # Appends the leaves covering each batch of readings, in the batch's transaction.
+        # Seals the readings batches into leaves (telemetry.storage.evidence_batches).
         self._evidence = EvidenceLog(PostgresEvidenceStorage())
+        self._batches = OpenBatches(
+            BatchLimits.of(settings.evidence_batch_max_span_s, settings.evidence_batch_max_readings)
+        )
+        self._batch_sql = PostgresBatchSql()
+        # The writer connection's owner id (its session holds the owner lock); None
+        # until it connects. Owners of connections lost since: their batches are sealed
+        # from the database once their lock is free.
+        self._owner: int | None = None
+        self._lost_owners: set[str] = set()
+        self._next_reconcile = 0.0  # the first write or tick looks for batches left open
 
     @property
     def evidence(self) -> EvidenceLog:
@@ -181,7 +201,13 @@ class PostgresStore(PostgresAlertStore, PostgresShipmentStore):
             log.warning("database not reachable at open(); storage features detected later")
 
     def close(self) -> None:
+        """Seal this store's open batches (a clean stop), then close."""
         with self._write_lock:
+            if self._pool is not None and len(self._batches):
+                try:
+                    self._seal_own(self._batches.pending())
+                except Exception:  # the next writer seals them from the stored rows
+                    log.exception("closing with %d readings batches unsealed", len(self._batches))
             self._drop_writer()
         if self._pool is not None:
             self._pool.close()
@@ -425,15 +451,15 @@ class PostgresStore(PostgresAlertStore, PostgresShipmentStore):
         return WriteResult(inserted=inserted, duplicates=len(readings) - inserted)
 
     def _write(self, conn: psycopg.Connection, rows: Sequence[Reading], rejected: list[tuple]) -> int:
-        # Fast path: everything is new (the usual case). The evidence log's lock, one
-        # binary COPY, the batch leaves, one commit.
+        # Fast path: everything is new (the usual case). One binary COPY of the rows with
+        # their batch ids (and the new batches' rows), one commit; then the batches.
         try:
             with conn.cursor() as cur:
-                if rows:
-                    self._insert_covered(conn, cur, rows)
+                plan = self._copy_rows(conn, cur, rows) if rows else None
                 if rejected:
                     cur.executemany(_INSERT_REJECTION, rejected)
             conn.commit()
+            self._committed(plan, None)
             return len(rows)
         except (errors.UniqueViolation, *_RETRYABLE_CONFLICTS) as exc:
             # a key already stored (a redelivery), or a lock conflict with another writer
@@ -442,9 +468,10 @@ class PostgresStore(PostgresAlertStore, PostgresShipmentStore):
             log.debug("batch of %d readings takes the slow path: %s", len(rows), exc.sqlstate)
         for attempt in range(3):
             try:
-                inserted = self._write_slow(conn, rows, rejected)
+                plan, inserted = self._write_slow(conn, rows, rejected)
                 conn.commit()
-                return inserted
+                self._committed(plan, inserted)
+                return sum(inserted)
             except _RETRYABLE_CONFLICTS as exc:
                 conn.rollback()
                 log.info("slow path conflict (%s), attempt %d of 3", exc.sqlstate, attempt + 1)
@@ -452,46 +479,92 @@ class PostgresStore(PostgresAlertStore, PostgresShipmentStore):
                     raise
         raise AssertionError("unreachable")
 
-    def _write_slow(self, conn: psycopg.Connection, rows: Sequence[Reading], rejected: list[tuple]) -> int:
+    def _committed(self, plan: Plan | None, inserted: list[bool] | None) -> None:
+        if plan is not None:
+            self._batches.committed(plan, None if inserted is None or all(inserted) else inserted)
+            self._after_commit()
+
+    def _write_slow(
+        self, conn: psycopg.Connection, rows: Sequence[Reading], rejected: list[tuple]
+    ) -> tuple[Plan | None, list[bool]]:
         unique = first_of_each_key(rows)
         with conn.cursor() as cur:
-            # The log's lock first: every writer takes it before inserting readings, so
-            # no key can be stored by anyone between the check below and the insert.
-            self._evidence.reserve(conn)
             if not self._stage_ready:
                 cur.execute(_CREATE_STAGE)
+            plan, batch_ids = self._plan_rows(conn, unique)
             with cur.copy(_COPY_STAGE) as copy:
-                copy.set_types(["text", "timestamptz"])
-                for r in unique:
-                    copy.write_row((r.device_id, r.ts))
-            cur.execute(_STORED_KEYS)
+                copy.set_types(_READING_TYPES)
+                for r, batch in zip(unique, batch_ids, strict=True):
+                    copy.write_row((*r, batch))
+            cur.execute(_INSERT_STAGED)
             stored = set(cur.fetchall())
-            new = [r for r in unique if (r.device_id, r.ts) not in stored]
-            if new:
-                self._insert_covered(conn, cur, new)
+            inserted = [(r.device_id, r.ts) in stored for r in unique]
+            if plan is not None:
+                self._batch_sql.forget(conn, plan.empty_new_batches(inserted))
             if rejected:
                 cur.executemany(_INSERT_REJECTION, rejected)
         # the temp table survives the commit (only its rows go); it dies with the session
         self._stage_ready = True
-        return len(new)
+        return plan, inserted
 
-    def _insert_covered(self, conn: psycopg.Connection, cur: psycopg.Cursor, rows: Sequence[Reading]) -> None:
-        """COPY new readings with the evidence leaves that cover them, in the caller's
-        transaction (see telemetry.storage.evidence_batches)."""
-        if not self._settings.evidence_log:  # bench/evidence.py's baseline only
-            with cur.copy(_COPY_READINGS) as copy:
-                copy.set_types(_READING_TYPES)
-                for r in rows:
-                    copy.write_row((*r, None))
-            return
-        plan = plan_batches(rows, self._evidence.reserve(conn))
+    def _copy_rows(
+        self, conn: psycopg.Connection, cur: psycopg.Cursor, rows: Sequence[Reading]
+    ) -> Plan | None:
+        """COPY new readings with the ids of the batches that will cover them, in the
+        caller's transaction (see telemetry.storage.evidence_batches)."""
+        plan, batch_ids = self._plan_rows(conn, rows)
         with cur.copy(_COPY_READINGS) as copy:
             copy.set_types(_READING_TYPES)
-            for row in plan.rows:
-                copy.write_row(row)
-        indices = self._evidence.append(conn, plan.records)
-        if indices != plan.indices:  # the lock makes this impossible; a bug if not
-            raise RuntimeError(f"evidence leaves got {indices[:3]}…, planned {plan.indices[:3]}…")
+            for r, batch in zip(rows, batch_ids, strict=True):
+                copy.write_row((*r, batch))
+        return plan
+
+    def _plan_rows(
+        self, conn: psycopg.Connection, rows: Sequence[Reading]
+    ) -> tuple[Plan | None, list[int | None]]:
+        """Each row's batch, the new batches opened in this transaction."""
+        if not self._settings.evidence_log:  # bench/evidence.py's baseline only
+            return None, [None] * len(rows)
+        plan = self._batches.plan(rows)
+        new = plan.new_slots
+        if new:
+            opened = self._batch_sql.open_batches(
+                conn,
+                self._current_owner(),
+                [(plan.slots[i].device_id, plan.slots[i].anchor_us) for i in new],
+                self._batches.limits.max_span_us,
+            )
+            for i, batch_id in zip(new, opened, strict=True):
+                plan.batch_ids[i] = batch_id
+        return plan, plan.row_batch_ids()  # type: ignore[return-value]
+
+    # -- sealing (telemetry.storage.sealing) -------------------------------------------
+
+    def _write_guard(self) -> threading.Lock:
+        return self._write_lock
+
+    def _current_owner(self) -> str:
+        self._writer_connection()
+        return str(self._owner)
+
+    def _tx(self, fn: Callable[[psycopg.Connection], T]) -> T:
+        conn = self._writer_connection()
+        try:
+            out = fn(conn)
+            conn.commit()
+            return out
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            self._drop_writer()
+            raise StorageUnavailable(f"sealing failed: {exc}") from exc
+        except BaseException:
+            if conn.closed or conn.broken:
+                self._drop_writer()
+                raise
+            try:
+                conn.rollback()
+            except psycopg.Error:
+                self._drop_writer()
+            raise
 
     def _writer_connection(self) -> psycopg.Connection:
         if self._pool is None:
@@ -500,15 +573,36 @@ class PostgresStore(PostgresAlertStore, PostgresShipmentStore):
             self._drop_writer()
         if self._writer is None:
             try:
-                self._writer = psycopg.connect(self._conninfo, autocommit=False)
+                conn = psycopg.connect(self._conninfo, autocommit=False)
             except psycopg.Error as exc:
                 raise StorageUnavailable(f"cannot connect: {exc}") from exc
+            try:
+                # this connection's owner id, and the lock that says it is alive
+                row = conn.execute(
+                    "SELECT id, pg_advisory_lock(%s, id) FROM"
+                    " (SELECT nextval('evidence_batch_owners')::int AS id) AS s",
+                    (OWNER_LOCK_SPACE,),
+                ).fetchone()
+                conn.commit()
+            except psycopg.Error as exc:
+                conn.close()
+                if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+                    raise StorageUnavailable(f"cannot take a writer's owner id: {exc}") from exc
+                raise
+            assert row is not None
+            self._writer, self._owner = conn, int(row[0])
             self._stage_ready = False
         return self._writer
 
     def _drop_writer(self) -> None:
         conn, self._writer = self._writer, None
         self._stage_ready = False
+        if self._owner is not None:
+            # Rows of a commit cut off may be stored without this store knowing: the
+            # batches are sealed from the database, under the owner id's lock.
+            self._batches.drop_all()
+            self._lost_owners.add(str(self._owner))
+            self._owner = None
         if conn is not None:
             try:
                 conn.close()
@@ -543,20 +637,31 @@ class PostgresStore(PostgresAlertStore, PostgresShipmentStore):
 
     def leaves_covering(self, device_id: str, start_us: int, end_us: int) -> list[int]:
         rows = self._query(
-            "SELECT DISTINCT evidence_leaf FROM readings"
-            f" WHERE device_id = %s AND ts >= {_EPOCH_SQL} + %s * interval '1 microsecond'"
-            f" AND ts < {_EPOCH_SQL} + %s * interval '1 microsecond' AND evidence_leaf IS NOT NULL"
-            " ORDER BY 1",
+            "SELECT DISTINCT m.leaf_idx FROM readings r JOIN evidence_batch_leaves m"
+            " ON m.batch_id = r.evidence_batch"
+            f" WHERE r.device_id = %s AND r.ts >= {_EPOCH_SQL} + %s * interval '1 microsecond'"
+            f" AND r.ts < {_EPOCH_SQL} + %s * interval '1 microsecond' ORDER BY 1",
             (device_id, start_us, end_us),
         )
         return [int(r[0]) for r in rows]
 
     def readings_of_leaf(self, device_id: str, leaf: int, ts_first_us: int, ts_last_us: int) -> list[Reading]:
         rows = self._query(
-            "SELECT device_id, ts, temp_c, rh, battery_v, door_open, seq FROM readings"
+            f"SELECT {_READING_COLUMNS} FROM readings"
             f" WHERE device_id = %s AND ts BETWEEN {_EPOCH_SQL} + %s * interval '1 microsecond'"
-            f" AND {_EPOCH_SQL} + %s * interval '1 microsecond' AND evidence_leaf = %s ORDER BY ts",
+            f" AND {_EPOCH_SQL} + %s * interval '1 microsecond'"
+            " AND evidence_batch = (SELECT batch_id FROM evidence_batch_leaves WHERE leaf_idx = %s)"
+            " ORDER BY ts",
             (device_id, ts_first_us, ts_last_us, leaf),
+        )
+        return [_reading(row) for row in rows]
+
+    def pending_readings(self, device_id: str, start: datetime, end: datetime) -> list[Reading]:
+        rows = self._query(
+            "SELECT r.device_id, r.ts, r.temp_c, r.rh, r.battery_v, r.door_open, r.seq FROM readings r"
+            " LEFT JOIN evidence_batch_leaves m ON m.batch_id = r.evidence_batch"
+            " WHERE r.device_id = %s AND r.ts >= %s AND r.ts < %s AND m.batch_id IS NULL ORDER BY r.ts",
+            (device_id, start, end),
         )
         return [_reading(row) for row in rows]
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 
 from telemetry.evidence.log import EvidenceLog
 from telemetry.evidence.storage import SqliteEvidenceStorage
@@ -22,18 +24,26 @@ from telemetry.readings import Bucket, Reading, Rejection
 from telemetry.settings import StorageSettings
 from telemetry.storage.alerts_sqlite import SqliteAlertStore
 from telemetry.storage.base import StorageUnavailable, WriteResult
-from telemetry.storage.evidence_batches import plan_batches
+from telemetry.storage.evidence_batches import BatchLimits, OpenBatches, Plan
 from telemetry.storage.migrate import load_migrations, split_sqlite_statements
+from telemetry.storage.sealing import (
+    SealingStore,
+    SqliteBatchSql,
+    register_token,
+    sqlite_owner,
+    unregister_token,
+)
 from telemetry.storage.shipments_sqlite import SqliteShipmentStore
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 
 _INSERT_READING = (
     "INSERT OR IGNORE INTO readings"
-    " (device_id, ts, temp_c, rh, battery_v, door_open, seq, received_at, evidence_leaf)"
+    " (device_id, ts, temp_c, rh, battery_v, door_open, seq, received_at, evidence_batch)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _INSERT_REJECTION = (
@@ -92,7 +102,7 @@ def _reading(row: tuple) -> Reading:
     )
 
 
-class SqliteStore(SqliteAlertStore, SqliteShipmentStore):
+class SqliteStore(SqliteAlertStore, SqliteShipmentStore, SealingStore):
     kind = "sqlite"
 
     def __init__(self, settings: StorageSettings) -> None:
@@ -100,8 +110,16 @@ class SqliteStore(SqliteAlertStore, SqliteShipmentStore):
         self._path = database_path(settings.url)
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
-        # Appends the leaves covering each batch of readings, in the batch's transaction.
+        # Seals the readings batches into leaves (telemetry.storage.evidence_batches).
         self._evidence = EvidenceLog(SqliteEvidenceStorage())
+        self._batches = OpenBatches(
+            BatchLimits.of(settings.evidence_batch_max_span_s, settings.evidence_batch_max_readings)
+        )
+        self._batch_sql = SqliteBatchSql()
+        self._token = secrets.token_hex(8)
+        self._owner = sqlite_owner(self._token)
+        self._next_reconcile = 0.0  # the first write or tick looks for batches left open
+        self._lost_owners: set[str] = set()  # PostgreSQL's notion; a SQLite writer never loses its own
 
     @property
     def evidence(self) -> EvidenceLog:
@@ -151,9 +169,18 @@ class SqliteStore(SqliteAlertStore, SqliteShipmentStore):
             except sqlite3.Error as exc:
                 raise StorageUnavailable(f"cannot open {self._path}: {exc}") from exc
             self._conn = conn
+            register_token(self._token)
 
     def close(self) -> None:
+        """Seal this store's open batches (a clean stop), then close."""
+        if self._conn is not None and len(self._batches):
+            try:
+                with self._lock:
+                    self._seal_own(self._batches.pending())
+            except Exception:  # the next writer seals them from the stored rows
+                log.exception("closing with %d readings batches unsealed", len(self._batches))
         with self._lock:
+            unregister_token(self._token)
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
@@ -209,6 +236,12 @@ class SqliteStore(SqliteAlertStore, SqliteShipmentStore):
                         log.info("sqlite migration applied: %s", migration.name)
                         applied.append(migration.name)
                 applied += SqliteEvidenceStorage().migrate(conn)
+                if "0010_evidence_batches" in applied:
+                    # new batch ids above every leaf index (the log's tables come after ours)
+                    conn.execute(
+                        "UPDATE sqlite_sequence SET seq = max(seq, (SELECT coalesce(max(idx), -1)"
+                        " FROM evidence_leaves)) WHERE name = 'evidence_open_batches'"
+                    )
             except sqlite3.OperationalError as exc:
                 raise StorageUnavailable(f"sqlite migrate failed: {exc}") from exc
         return applied
@@ -231,10 +264,14 @@ class SqliteStore(SqliteAlertStore, SqliteShipmentStore):
         ]
         with self._lock:
             conn = self._connection()
+            plan: Plan | None = None
+            inserted_mask: list[bool] | None = None
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
-                    inserted = self._insert_covered(conn, readings, received_at) if readings else 0
+                    inserted = 0
+                    if readings:
+                        inserted, plan, inserted_mask = self._insert_rows(conn, readings, received_at)
                     if rejected:
                         conn.executemany(_INSERT_REJECTION, rejected)
                     conn.execute("COMMIT")
@@ -245,10 +282,15 @@ class SqliteStore(SqliteAlertStore, SqliteShipmentStore):
             except sqlite3.OperationalError as exc:
                 # locked past busy_timeout, disk full, I/O error: retry later
                 raise StorageUnavailable(f"sqlite write failed: {exc}") from exc
+            if plan is not None:
+                self._batches.committed(plan, None if inserted == len(readings) else inserted_mask)
+                self._after_commit()
         return WriteResult(inserted=inserted, duplicates=len(readings) - inserted)
 
-    def _insert_covered(self, conn: sqlite3.Connection, readings: Sequence[Reading], received_at: int) -> int:
-        """Insert the new readings with the evidence leaves covering them (see
+    def _insert_rows(
+        self, conn: sqlite3.Connection, readings: Sequence[Reading], received_at: int
+    ) -> tuple[int, Plan | None, list[bool] | None]:
+        """Insert the new readings, each with the id of the batch that will cover it (see
         telemetry.storage.evidence_batches), in the caller's BEGIN IMMEDIATE."""
         if not self._settings.evidence_log:  # bench/evidence.py's baseline only
             inserted = 0
@@ -256,25 +298,54 @@ class SqliteStore(SqliteAlertStore, SqliteShipmentStore):
                 door = None if r.door_open is None else int(r.door_open)
                 row = (r.device_id, to_us(r.ts), r.temp_c, r.rh, r.battery_v, door, r.seq, received_at, None)
                 inserted += conn.execute(_INSERT_READING, row).rowcount
-            return inserted
-        first = self._evidence.reserve(conn)
-        leaf_of: dict[str, int] = {}
-        new: list[Reading] = []
-        for r in readings:
-            # OR IGNORE: the first of equal keys wins, in the batch and across batches. A
-            # device's leaf is the next free index when its first new reading goes in,
-            # the order plan_batches numbers them in.
-            leaf = leaf_of.get(r.device_id, first + len(leaf_of))
+            return inserted, None, None
+        plan = self._batches.plan(readings)
+        ids, slots, span = plan.batch_ids, plan.slots, self._batches.limits.max_span_us
+        mask: list[bool] = []
+        execute = conn.execute
+        for r, s, t in zip(readings, plan.row_slot, plan.row_ts, strict=True):
+            batch = ids[s]
+            if batch is None:  # a new batch: its row in evidence_open_batches gives its id
+                batch = ids[s] = self._batch_sql.open_batches(
+                    conn, self._owner, [(slots[s].device_id, slots[s].anchor_us)], span
+                )[0]
             door = None if r.door_open is None else int(r.door_open)
-            row = (r.device_id, to_us(r.ts), r.temp_c, r.rh, r.battery_v, door, r.seq, received_at, leaf)
-            if conn.execute(_INSERT_READING, row).rowcount == 1:
-                leaf_of.setdefault(r.device_id, leaf)
-                new.append(r)
-        if new:
-            plan = plan_batches(new, first)
-            if self._evidence.append(conn, plan.records) != plan.indices:
-                raise RuntimeError("evidence leaves out of step with the readings they cover")
-        return len(new)
+            # OR IGNORE: the first of equal keys wins, in the batch and across batches
+            row = (r.device_id, t, r.temp_c, r.rh, r.battery_v, door, r.seq, received_at, batch)
+            mask.append(execute(_INSERT_READING, row).rowcount == 1)
+        inserted = sum(mask)
+        if inserted < len(mask):
+            self._batch_sql.forget(conn, plan.empty_new_batches(mask))
+        return inserted, plan, mask
+
+    # -- sealing (telemetry.storage.sealing) -------------------------------------------
+
+    def _write_guard(self) -> threading.Lock:
+        return self._lock
+
+    def _current_owner(self) -> str:
+        return self._owner
+
+    def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._connection()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                out = fn(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:
+            raise StorageUnavailable(f"sqlite write failed: {exc}") from exc
+        return out
+
+    def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        try:
+            return fn(self._connection())
+        except sqlite3.OperationalError as exc:
+            raise StorageUnavailable(f"sqlite query failed: {exc}") from exc
 
     # -- queries -----------------------------------------------------------------------
 
@@ -305,17 +376,27 @@ class SqliteStore(SqliteAlertStore, SqliteShipmentStore):
 
     def leaves_covering(self, device_id: str, start_us: int, end_us: int) -> list[int]:
         rows = self._query(
-            "SELECT DISTINCT evidence_leaf FROM readings WHERE device_id = ? AND ts >= ? AND ts < ?"
-            " AND evidence_leaf IS NOT NULL ORDER BY 1",
+            "SELECT DISTINCT m.leaf_idx FROM readings r JOIN evidence_batch_leaves m"
+            " ON m.batch_id = r.evidence_batch WHERE r.device_id = ? AND r.ts >= ? AND r.ts < ? ORDER BY 1",
             (device_id, start_us, end_us),
         )
         return [int(r[0]) for r in rows]
 
     def readings_of_leaf(self, device_id: str, leaf: int, ts_first_us: int, ts_last_us: int) -> list[Reading]:
         rows = self._query(
-            "SELECT device_id, ts, temp_c, rh, battery_v, door_open, seq FROM readings"
-            " WHERE device_id = ? AND ts BETWEEN ? AND ? AND evidence_leaf = ? ORDER BY ts",
+            f"SELECT {_READING_COLUMNS} FROM readings WHERE device_id = ? AND ts BETWEEN ? AND ?"
+            " AND evidence_batch = (SELECT batch_id FROM evidence_batch_leaves WHERE leaf_idx = ?)"
+            " ORDER BY ts",
             (device_id, ts_first_us, ts_last_us, leaf),
+        )
+        return [_reading(row) for row in rows]
+
+    def pending_readings(self, device_id: str, start: datetime, end: datetime) -> list[Reading]:
+        rows = self._query(
+            "SELECT r.device_id, r.ts, r.temp_c, r.rh, r.battery_v, r.door_open, r.seq FROM readings r"
+            " LEFT JOIN evidence_batch_leaves m ON m.batch_id = r.evidence_batch"
+            " WHERE r.device_id = ? AND r.ts >= ? AND r.ts < ? AND m.batch_id IS NULL ORDER BY r.ts",
+            (device_id, to_us(start), to_us(end)),
         )
         return [_reading(row) for row in rows]
 

@@ -67,6 +67,8 @@ ACK_COMMENT = "driver called, door was left open"
 RESOLVE_COMMENT = "goods moved to cold room 2, checked at 3.1 °C"
 PHOTO_NAME, REPORT_NAME = "harbour.png", "lab-report.pdf"
 HARBOUR = "zhoushan-harbour"
+# The rows a leaf covers: its readings batch's (telemetry.storage.evidence_batches).
+OF_LEAF = "evidence_batch = (SELECT batch_id FROM evidence_batch_leaves WHERE leaf_idx = ?)"
 ZERO_DELAY = {
     "name": "Chilled fish (test)",
     "rules": [
@@ -389,9 +391,14 @@ def shipments(trust_server: TrustServer, browser: Browser) -> dict[str, Any]:
                            {"at": (g0 + timedelta(minutes=59, seconds=30)).isoformat()})  # fmt: skip
         assert status == 200, body
         with srv.db() as conn:
-            query = "SELECT DISTINCT evidence_leaf FROM readings WHERE device_id = ? ORDER BY 1"
+            query = (
+                "SELECT DISTINCT m.leaf_idx FROM readings r JOIN evidence_batch_leaves m"
+                " ON m.batch_id = r.evidence_batch WHERE r.device_id = ? ORDER BY 1"
+            )
             leaves = [r[0] for r in conn.execute(query, (REEFER,))]
-        assert len(leaves) >= 3, leaves  # two history deliveries, the excursion, the recovery
+        # a leaf per 15 minutes of readings: the history's three windows, the excursion and
+        # the recovery in the last one (sealed at the close)
+        assert len(leaves) >= 3, leaves
         return {
             "alert_id": alert["id"],
             "photo": photo,
@@ -584,7 +591,7 @@ def test_tampering_behind_the_servers_back_is_named(
         with srv.db() as conn:
             cols = [r[1] for r in conn.execute("PRAGMA table_info(readings)")]
             ts, original = conn.execute(
-                "SELECT ts, temp_c FROM readings WHERE device_id = ? AND evidence_leaf = ?"
+                f"SELECT ts, temp_c FROM readings WHERE device_id = ? AND {OF_LEAF}"
                 " ORDER BY ts LIMIT 1 OFFSET 5",
                 (REEFER, first),
             ).fetchone()  # fmt: skip
@@ -612,10 +619,10 @@ def test_tampering_behind_the_servers_back_is_named(
 
             # A whole batch's readings dropped.
             rows = conn.execute(
-                "SELECT * FROM readings WHERE device_id = ? AND evidence_leaf = ?", (REEFER, first)
+                f"SELECT * FROM readings WHERE device_id = ? AND {OF_LEAF}", (REEFER, first)
             ).fetchall()
-            assert len(rows) == 20
-            conn.execute("DELETE FROM readings WHERE device_id = ? AND evidence_leaf = ?", (REEFER, first))
+            assert len(rows) == 15  # the first 15-minute window
+            conn.execute(f"DELETE FROM readings WHERE device_id = ? AND {OF_LEAF}", (REEFER, first))
             mismatch(context, srv, SHIPMENT, f"the readings of {batch} differ", shot="batch")
             conn.executemany(insert, rows)
             verified(context, srv)
@@ -678,3 +685,37 @@ def test_trust_page_on_a_phone_in_both_languages(
             page.close()
         finally:
             context.close()
+
+
+def test_an_open_shipment_verifies_what_is_sealed_and_says_what_waits(
+    browser: Browser, trust_server: TrustServer, shipments: dict[str, Any], artifacts: Path
+) -> None:
+    """A live sensor's newest window is stored but not sealed yet: the page verifies the
+    record up to it and says how many readings wait, in both languages."""
+    srv = trust_server
+    live = "truck-live-e2e"
+    now = datetime.now(UTC).replace(microsecond=0)
+    t0 = now - timedelta(minutes=40)
+    context = browser.new_context(viewport=DESKTOP, locale="en-US")
+    try:
+        api = Api(context.new_page(), srv)
+        status, body = api("POST", "/api/v1/shipments", {
+            "id": "greens-live", "product": "Baby spinach", "batch": "S-1", "origin_site": HARBOUR,
+            "profile_id": "chilled", "opened_at": t0.isoformat(),
+            "segments": [{"device_id": live, "start": t0.isoformat()}],
+        })  # fmt: skip
+        assert status == 201, body
+        srv.publish(live, _history(t0, 40, lambda m: 3.0 + (m % 4) * 0.2))
+        srv.wait_stored(live, 40)
+        page, verdict = open_trust(context, srv, "greens-live", srv.vkey)
+        assert verdict.state == "verified", verdict
+        waiting = page.locator("#pending")
+        assert waiting.is_visible()
+        # 40 readings in 15-minute windows: the last window (10 readings) is not sealed yet
+        assert waiting.inner_text().startswith("10 newer readings"), waiting.inner_text()
+        page.screenshot(path=str(artifacts / "trust-en-open-pending.png"), full_page=True)
+        page.click("[data-lang-switch='zh-CN']")
+        assert "另有 10 条较新的读数" in waiting.inner_text()
+        page.close()
+    finally:
+        context.close()

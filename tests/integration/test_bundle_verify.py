@@ -3,7 +3,8 @@
 A real server (readings over MQTT through mosquitto, a signing key file, a local RFC 3161
 timestamp authority) closes a shipment with readings on two devices, an acknowledged
 excursion and a test report; the bundle downloaded from its trust page verifies with
-the CLI run as a subprocess, with nothing but the log's public key. Then the record is
+the CLI run as a subprocess, with nothing but the log's public key (a version 1 bundle,
+as earlier servers made them, still does). Then the record is
 changed behind the server's back, directly in the database or the file store — a
 reading changed, one deleted, a batch's readings dropped, an acknowledgement's comment
 edited, the PDF swapped, the log served under another key — and each fresh bundle is a
@@ -24,6 +25,7 @@ import datetime as dt
 import json
 import shutil
 import sqlite3
+import struct
 import subprocess
 import sys
 import uuid
@@ -41,10 +43,11 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from telemetry.alerts.lifecycle import SYSTEM, Action, Alert, AuditEntry, acknowledged
 from telemetry.alerts.rules import Severity
+from telemetry.evidence.canonical import unpack_readings
 from telemetry.evidence.keys import init_key
 from telemetry.evidence.note import NoteSigner
 from tests.integration.test_serve import _publish
-from web.app import STORE, build_app
+from web.app import PUBLIC_LIMITER, STORE, build_app
 from web.config import load_config
 from web.tsa import TimestampClient, TimestampError, check_response
 from web.verify_bundle import BundleError, verify_bundle
@@ -304,6 +307,9 @@ async def test_bundle_verifies_offline_and_names_every_tampered_record(
         }
     )
     client = await aiohttp_client(build_app(config))
+    # This test downloads bundle after bundle from one address (polling for the token
+    # too): more than the per-address rate limit (web.rate_limit) lets through.
+    client.app[PUBLIC_LIMITER].burst = 1e9
     sc = Scenario(client, mosquitto, db, tmp_path)
     tag = uuid.uuid4().hex[:6]
     room, truck, spare = f"room-{tag}", f"truck-{tag}", f"spare-{tag}"
@@ -345,7 +351,7 @@ async def test_bundle_verifies_offline_and_names_every_tampered_record(
 
     await sc.close("fish-1", T0 + dt.timedelta(minutes=120))
     path, bundle = await sc.stamped_bundle("fish-1", "fish-clean")
-    assert bundle["format"] == "origincast-evidence-bundle" and bundle["version"] == 1
+    assert bundle["format"] == "origincast-evidence-bundle" and bundle["version"] == 2
     assert bundle["vkey"] == signer.vkey and "obtained separately" in bundle["key_notice"]
     (f,) = bundle["files"]
     assert base64.b64decode(f["content_b64"]) == PDF and f["omitted"] is None
@@ -370,8 +376,9 @@ async def test_bundle_verifies_offline_and_names_every_tampered_record(
 
     # -- tampering behind the server's back, then a fresh bundle each time --------------
     leaves = {
-        d: [row[0] for row in _sql(db, "SELECT DISTINCT evidence_leaf FROM readings WHERE device_id = ?"
-                                       " ORDER BY 1", (d,))]
+        d: [row[0] for row in _sql(db, "SELECT DISTINCT m.leaf_idx FROM readings r"
+                                       " JOIN evidence_batch_leaves m ON m.batch_id = r.evidence_batch"
+                                       " WHERE r.device_id = ? ORDER BY 1", (d,))]
         for d in (room, truck)
     }  # fmt: skip
     assert len(leaves[room]) >= 2 and len(leaves[truck]) >= 2, leaves
@@ -384,18 +391,20 @@ async def test_bundle_verifies_offline_and_names_every_tampered_record(
         assert expected in out, (expected, out)
         return out
 
+    # the rows a leaf covers: its batch's (telemetry.storage.evidence_batches)
+    of_leaf = "evidence_batch = (SELECT batch_id FROM evidence_batch_leaves WHERE leaf_idx = ?)"
     first_room = leaves[room][0]
-    seq = _sql(db, "SELECT min(seq) FROM readings WHERE evidence_leaf = ?", (first_room,))[0][0]
+    seq = _sql(db, f"SELECT min(seq) FROM readings WHERE {of_leaf}", (first_room,))[0][0]
     _sql(db, "UPDATE readings SET temp_c = temp_c + 5 WHERE device_id = ? AND seq = ?", (room, seq))
     await mismatch("changed", f"readings batch {first_room} ({room}): readings differ")
 
     last_room = leaves[room][-1]
-    seq = _sql(db, "SELECT max(seq) FROM readings WHERE evidence_leaf = ?", (last_room,))[0][0]
+    seq = _sql(db, f"SELECT max(seq) FROM readings WHERE {of_leaf}", (last_room,))[0][0]
     _sql(db, "DELETE FROM readings WHERE device_id = ? AND seq = ?", (room, seq))
     await mismatch("deleted", f"readings batch {last_room} ({room}):")
 
     dropped = leaves[truck][0]
-    _sql(db, "DELETE FROM readings WHERE evidence_leaf = ?", (dropped,))
+    _sql(db, f"DELETE FROM readings WHERE {of_leaf}", (dropped,))
     await mismatch("dropped", f"readings batch {dropped} ({truck}): 0 readings")
 
     _sql(db, "UPDATE alert_audit SET comment = ? WHERE alert_id = ? AND action = 'acknowledged'",
@@ -437,8 +446,10 @@ async def test_bundle_verifies_offline_and_names_every_tampered_record(
     assert f"{90} readings in" in out
 
     edited = json.loads(spare_path.read_text())
-    some_batch, rows = next(iter(edited["evidence"]["readings"].items()))
-    rows[0]["temp_c"] = rows[0]["temp_c"] - 3.0
+    some_batch, b64 = next(iter(edited["evidence"]["records"].items()))
+    records = bytearray(base64.b64decode(b64))
+    struct.pack_into("<f", records, 8, struct.unpack_from("<f", records, 8)[0] - 3.0)  # the first temp_c
+    edited["evidence"]["records"][some_batch] = base64.b64encode(records).decode()
     hand = tmp_path / "hand-edited.evidence.json"
     hand.write_text(json.dumps(edited))
     code, out = await asyncio.to_thread(_verify, hand, *pinned)
@@ -460,10 +471,47 @@ async def test_bundle_verifies_offline_and_names_every_tampered_record(
         " is not SHA-256 of the checkpoint"
     ), out
 
+    # A leaf changed by hand: the one proof for all the records no longer holds.
+    leafy = json.loads(spare_path.read_text())
+    some_leaf = next(iter(leafy["evidence"]["leaves"]))
+    entry = base64.b64decode(leafy["evidence"]["leaves"][some_leaf]).replace(b'"v":1', b'"v":1 ')
+    leafy["evidence"]["leaves"][some_leaf] = base64.b64encode(entry).decode()
+    bad = tmp_path / "leaf-edited.evidence.json"
+    bad.write_text(json.dumps(leafy))
+    code, out = await asyncio.to_thread(_verify, bad, *pinned)
+    assert code == 1 and "records (leaves " in out and "not all in the signed log" in out, out
+
+    # A version 1 bundle (a proof per leaf, readings as JSON objects), as earlier servers
+    # made them, still verifies; changed, it is a mismatch naming the batch.
+    old = await _as_version_1(client, json.loads(spare_path.read_text()))
+    v1 = tmp_path / "version-1.evidence.json"
+    v1.write_text(json.dumps(old))
+    code, out = await asyncio.to_thread(_verify, v1, *pinned)
+    assert code == 0 and out.splitlines()[0] == "verified" and f"{90} readings in" in out, out
+    first = next(iter(old["evidence"]["readings"]))
+    old["evidence"]["readings"][first][0]["temp_c"] += 1.0
+    v1.write_text(json.dumps(old))
+    code, out = await asyncio.to_thread(_verify, v1, *pinned)
+    assert code == 1 and out.startswith(f"MISMATCH: readings batch {first} ({spare}): readings differ"), out
+
     not_json = tmp_path / "not-a-bundle.json"
     not_json.write_text("{ this is not json")
     code, out = await asyncio.to_thread(_verify, not_json, *key)
     assert code == 2 and out.startswith("unreadable:"), out
+
+
+async def _as_version_1(client: Any, bundle: dict[str, Any]) -> dict[str, Any]:
+    """A version 2 bundle in version 1's form: each leaf's own inclusion proof (from the
+    server's proofs endpoint, against the same checkpoint) and readings as JSON objects."""
+    ev = bundle["evidence"]
+    query = "&".join(f"index={i}" for i in ev["leaves"])
+    r = await client.get(f"/api/v1/evidence/proofs?size={ev['size']}&{query}", headers=ADM)
+    assert r.status == 200, await r.text()
+    proofs = (await r.json())["proofs"]
+    readings = {i: unpack_readings(base64.b64decode(b)) for i, b in ev.pop("records").items()}
+    del ev["multiproof"]
+    ev["proofs"], ev["readings"] = proofs, readings
+    return {**bundle, "version": 1}
 
 
 async def test_tsa_answers_are_checked_before_they_are_kept(tsa: tuple[LocalTsa, str]) -> None:

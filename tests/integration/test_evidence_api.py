@@ -84,12 +84,18 @@ async def test_published_readings_are_provably_in_the_signed_log(
 
     window = f"from={(T0 - timedelta(minutes=1)).isoformat()}&to={(T0 + timedelta(hours=1)).isoformat()}"
     window = window.replace("+", "%2B")
+    # A leaf per 15 minutes of a device's readings: the last window's 10 are stored, not
+    # yet sealed, until the window ends or someone asks (a shipment's close does).
+    store = client.app[STORE]
     for _ in range(100):
-        batches = json.loads(await get(f"/api/v1/evidence/devices/{device}/batches?{window}"))["batches"]
-        if sum(b["count"] for b in batches) == 40:
+        if await asyncio.to_thread(store.count_readings, device) == 40:
             break
         await asyncio.sleep(0.1)
-    assert sum(b["count"] for b in batches) == 40, batches
+    pending = await asyncio.to_thread(store.pending_readings, device, T0, T0 + timedelta(hours=1))
+    assert [r.seq for r in pending] == list(range(530, 540))
+    assert await asyncio.to_thread(store.seal_pending, [device]) == []
+    batches = json.loads(await get(f"/api/v1/evidence/devices/{device}/batches?{window}"))["batches"]
+    assert [b["count"] for b in batches] == [15, 15, 10], batches
 
     note = (await get("/log/checkpoint")).decode()
     cp, _ = open_checkpoint(note, verifier)
@@ -142,6 +148,7 @@ async def test_published_readings_are_provably_in_the_signed_log(
     )
     service = client.app[EVIDENCE]
     for _ in range(100):
+        await asyncio.to_thread(store.seal_pending, [device])
         later = await service.checkpoint()
         if later.size > cp.size:
             break

@@ -21,6 +21,7 @@ from telemetry.settings import StorageSettings
 from telemetry.storage import StorageUnavailable, WriteResult, open_store
 from telemetry.storage.migrate import load_migrations
 from telemetry.storage.sqlite import database_path
+from tests.support.evidence import check_coverage
 
 RETENTION_DAYS = 30
 T0 = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
@@ -434,6 +435,10 @@ def test_write_during_crash_restart_raises_then_recovers(
         assert s.write_batch(batch, []) == WriteResult(100, 0)
         assert s.write_batch(first + batch, []) == WriteResult(0, 200)
         assert s.count_readings() == 200  # the query pool recovers too
+        # The batch open when the connection died is sealed from the stored rows (its
+        # owner's lock died with the session); the rest from memory.
+        assert s.seal_pending() == []
+        check_coverage(s, 200)
     finally:
         s.close()
 
@@ -493,6 +498,9 @@ def test_writer_retrying_through_a_crash_loses_and_duplicates_nothing(
         # retry then reports duplicates, never a second copy
         assert s.count_readings() == 500 * len(written)
         assert sum(written) <= 500 * len(written)
+        # every stored reading sealed exactly once, also those of a commit cut off
+        assert s.seal_pending() == []
+        check_coverage(s, 500 * len(written))
     finally:
         s.close()
 

@@ -47,6 +47,15 @@ def test_toml_then_env_override(tmp_path):
     assert c.http.port == 9100
 
 
+def test_evidence_batches_reach_the_storage_settings(tmp_path):
+    default = load_config(env={}).storage
+    assert (default.evidence_batch_max_span_s, default.evidence_batch_max_readings) == (900.0, 1000)
+    f = tmp_path / "o.toml"
+    f.write_text("[evidence]\nbatch_max_span_s = 3600\nbatch_max_readings = 200\n")
+    c = load_config(f, env={"ORIGINCAST_EVIDENCE_BATCH_MAX_READINGS": "60"})
+    assert (c.storage.evidence_batch_max_span_s, c.storage.evidence_batch_max_readings) == (3600.0, 60)
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [
@@ -59,6 +68,8 @@ def test_toml_then_env_override(tmp_path):
         ({"ORIGINCAST_INGEST_BATCH_MAX_ROWS": "0"}, "must be greater than 0"),
         ({"ORIGINCAST_INGEST_RECEIVE_MAXIMUM": "70000"}, "at most 65535"),
         ({"ORIGINCAST_MQTT_PROTOCOL": "4"}, "expected '5' or '3.1.1'"),
+        ({"ORIGINCAST_EVIDENCE_BATCH_MAX_SPAN_S": "0"}, "BATCH_MAX_SPAN_S: must be greater than 0"),
+        ({"ORIGINCAST_EVIDENCE_BATCH_MAX_READINGS": "-1"}, "must be greater than 0"),
     ],
 )
 def test_bad_values_are_named(env, message):

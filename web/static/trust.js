@@ -1,7 +1,8 @@
 // The public trust page /v/<shipment>: shows a shipment's record and checks it in this
 // browser against the log's key from the link's fragment (#k=<vkey>, printed in the QR
-// code): the checkpoint's signature, an inclusion proof for every record shown, each
-// device's chain of batches over its segment, each batch's readings against its digest,
+// code): the checkpoint's signature, every record shown in the signed tree (one
+// multi-leaf inclusion proof for them all), each device's chain of batches over its
+// segment, each batch's readings (the records its digest is over) against that digest,
 // the report's figures recomputed from those readings, and each file's SHA-256. The
 // server is not trusted for any of it; it only hands out what is checked here.
 import { currentLanguage, onLanguageChange, t } from './common.js';
@@ -62,6 +63,13 @@ function renderVerdict() {
   }[verdict.state];
   $('verdict-title').textContent = title;
   $('verdict-detail').textContent = verdict.state === 'verified' || verdict.state === 'gaps' ? t('trust.verified_detail') : '';
+  // The newest readings wait for their window to be sealed: said, and not shown as verified.
+  const pending = $('pending');
+  pending.hidden = !data?.pending;
+  if (data?.pending) {
+    const p = data.pending;
+    pending.textContent = t('trust.pending', { n: p.count, since: fmtTime(p.first), through: fmtTime(p.through) });
+  }
   const list = $('verdict-list');
   list.replaceChildren();
   const items = verdict.state === 'failed' ? verdict.reasons.slice(1) : verdict.gaps;
@@ -151,9 +159,27 @@ function renderFiles() {
   }
 }
 
+// A batch's records, decoded once for the chart and the checks: {bytes, readings}, or
+// {} when they are missing or not records (the check names that batch).
+let decoded = new Map();
+
+function decodeRecords(ev) {
+  const out = new Map();
+  for (const [i, b64] of Object.entries(ev.records || {})) {
+    try {
+      const bytes = V.b64decode(b64);
+      out.set(Number(i), { bytes, readings: V.decodeRecords(bytes) });
+    } catch {
+      out.set(Number(i), {});
+    }
+  }
+  return out;
+}
+
+const records = (index) => decoded.get(index) || {};
+
 function readingsOf(deviceEntry) {
-  const ev = data.evidence;
-  return deviceEntry.batches.flatMap((i) => ev.readings[String(i)] || []);
+  return deviceEntry.batches.flatMap((i) => records(i).readings || []);
 }
 
 function renderChart() {
@@ -197,46 +223,52 @@ async function verify() {
   const reasons = [];
   const gaps = [];
   const fail = (key, vars) => reasons.push({ key, vars });
-  let cp;
-  try {
-    cp = await V.verifyCheckpoint(ev.checkpoint, vkey);
-  } catch (e) {
-    fail('trust.bad_checkpoint', { ...checkpointName(ev.checkpoint), detail: e.message });
+  // What needs no checkpoint starts at once, beside the signature's check: every
+  // record's leaf hash and every batch's digest, all asked of WebCrypto together (each
+  // call is a round trip to its thread; one by one they were most of the time).
+  const items = [];
+  for (const [i, b64] of Object.entries(ev.leaves)) {
+    try {
+      items.push({ index: Number(i), entry: V.b64decode(b64) });
+    } catch (e) {
+      fail('trust.bad_record', { index: i, detail: e.message });
+    }
+  }
+  items.sort((a, b) => a.index - b.index);
+  const batches = ev.devices.flatMap((d) => d.batches).filter((i) => records(i).bytes);
+  const [checked, leafHashes, digests] = await Promise.all([
+    V.verifyCheckpoint(ev.checkpoint, vkey).then((cp) => ({ cp }), (error) => ({ error })),
+    Promise.all(items.map((it) => V.leafHash(it.entry))),
+    Promise.all(batches.map(async (i) => [i, V.hex(await V.sha256(records(i).bytes))])).then((d) => new Map(d)),
+  ]);
+  performance.mark('trust:hashed');
+  if (checked.error) {
+    fail('trust.bad_checkpoint', { ...checkpointName(ev.checkpoint), detail: checked.error.message });
     return { state: 'failed', reasons, gaps };
   }
-  // Every record shown: proved included in the signed tree. The leaf hashes are asked
-  // of WebCrypto all at once (each call is a round trip to its thread; thousands one by
-  // one are most of a month's verifying), then the proofs share their common nodes.
-  const records = new Map();
+  const cp = checked.cp;
+  // Every record shown is in the signed tree: one proof for them all, each node once.
+  try {
+    const leaves = items.map((it, k) => [it.index, leafHashes[k]]);
+    await V.verifyMultiProof(cp.size, cp.root, leaves, V.b64decode(ev.multiproof || ''));
+  } catch (e) {
+    fail('trust.bad_proof', { n: items.length, size: cp.size, detail: e.message });
+    return { state: 'failed', reasons, gaps };
+  }
+  performance.mark('trust:proved');
+  const recs = new Map();
   const hashes = new Map();
-  const items = [];
-  await Promise.all(
-    Object.entries(ev.leaves).map(async ([i, b64]) => {
-      const index = Number(i);
-      try {
-        const entry = V.b64decode(b64);
-        const leaf = await V.leafHash(entry);
-        // (proof hashes stay base64 until used: most proofs stop at a shared node early)
-        items.push({ index, entry, leaf, proof: ev.proofs[i] || [] });
-      } catch (e) {
-        fail('trust.bad_record', { index, detail: e.message });
-      }
-    }),
-  );
-  items.sort((a, b) => a.index - b.index);
-  const notIn = await V.verifyInclusions(items, cp.size, cp.root);
-  for (const { index, entry, leaf } of items) {
+  items.forEach(({ index, entry }, k) => {
     try {
-      if (notIn.has(index)) throw notIn.get(index);
-      records.set(index, V.parseLeaf(entry));
-      hashes.set(index, V.hex(leaf));
+      recs.set(index, V.parseLeaf(entry));
+      hashes.set(index, V.hex(leafHashes[k]));
     } catch (e) {
       fail('trust.bad_record', { index, detail: e.message });
     }
-  }
+  });
   const s = data.shipment;
   // The shipment's opening and closing.
-  const opened = records.get(ev.opened_leaf);
+  const opened = recs.get(ev.opened_leaf);
   if (ev.opened_leaf == null || !opened || opened.kind !== 'shipment_opened' || opened.shipment_id !== s.id) {
     fail('trust.bad_opened', {});
   } else if (opened.product !== s.product || opened.product_batch !== s.batch || opened.origin_site !== s.origin_site) {
@@ -245,21 +277,15 @@ async function verify() {
     fail('trust.bad_limits', {});
   }
   if (s.state === 'closed') {
-    const closed = records.get(ev.closed_leaf);
+    const closed = recs.get(ev.closed_leaf);
     const route = s.segments.map((g) => ({ device_id: g.device_id, start_us: g.start_us, end_us: g.end_us, label: g.label }));
     if (!closed || closed.kind !== 'shipment_closed' || closed.shipment_id !== s.id) fail('trust.bad_closed', {});
     else if (V.canonicalJSON(closed.summary.segments) !== V.canonicalJSON(route)) fail('trust.bad_route', {});
   }
-  // Each device's chain of batches over its segment, and each batch's readings (their
-  // digests asked of WebCrypto all at once, as the leaf hashes were).
-  const digests = new Map(
-    await Promise.all(
-      ev.devices.flatMap((d) => d.batches).map(async (i) => [i, await V.readingsDigest(ev.readings[String(i)] || [])]),
-    ),
-  );
+  // Each device's chain of batches over its segment, and each batch's readings.
   const readingsBySegment = [];
   for (const d of ev.devices) {
-    const chain = d.batches.map((i) => [i, records.get(i)]).filter(([, r]) => r);
+    const chain = d.batches.map((i) => [i, recs.get(i)]).filter(([, r]) => r);
     let prev = null;
     for (const [index, b] of chain) {
       if (b.kind !== 'readings_batch' || b.device_id !== d.device_id) {
@@ -279,17 +305,14 @@ async function verify() {
         } else fail('trust.bad_chain', { index, device: d.device_id });
       }
       prev = [index, b];
-      const raw = ev.readings[String(index)] || [];
-      const ts = raw.map((r) => r.ts_us);
-      const seqs = raw.map((r) => r.seq).filter((x) => x != null);
-      let ok = raw.length === b.count && Math.min(...ts) === b.ts_first_us && Math.max(...ts) === b.ts_last_us;
-      ok = ok && (seqs.length ? Math.min(...seqs) === b.seq_first && Math.max(...seqs) === b.seq_last : b.seq_first == null);
-      if (!ok || digests.get(index) !== b.readings_sha256) {
+      const got = records(index);
+      if (!got.readings || V.batchMismatch(b, got.readings, digests.get(index)) !== null) {
         fail('trust.bad_readings', { index, device: d.device_id });
       }
     }
     readingsBySegment.push(readingsOf(d));
   }
+  performance.mark('trust:readings');
   // The report's figures, recomputed from the raw readings.
   const m = data.report.method;
   const params = { gap_factor: m.gap_factor, min_gap_s: m.min_gap_s, gap_threshold_s: m.gap_threshold_s, activation_k: m.activation_k };
@@ -301,8 +324,9 @@ async function verify() {
   const badTotal = V.compareSummary(data.report.total, again.total);
   if (badTotal.length) fail('trust.bad_figures', { segment: t('trust.total'), what: badTotal.join(', ') });
   for (const g of again.gaps) gaps.push({ key: 'trust.gap_time', vars: { from: fmtUs(g.start_us), to: fmtUs(g.end_us) } });
+  performance.mark('trust:figures');
   // How staff handled each excursion: every acknowledgement and resolution is a record.
-  const events = ev.alert_leaves.map((i) => records.get(i)).filter((r) => r && r.kind === 'alert_event');
+  const events = ev.alert_leaves.map((i) => recs.get(i)).filter((r) => r && r.kind === 'alert_event');
   for (const x of data.report.excursions) {
     for (const a of x.audit) {
       if (a.action !== 'acknowledged' && a.action !== 'resolved') continue;
@@ -311,21 +335,23 @@ async function verify() {
       if (!found) fail('trust.bad_alert', { id: x.id, action: a.action });
     }
   }
-  // Each file: its manifest is in the log, and the bytes hash to it.
-  for (const f of data.files) {
-    const leaf = records.get(ev.file_leaves[f.sha256]);
-    if (!leaf || (leaf.kind !== 'test_report' && leaf.kind !== 'media_manifest') || leaf.sha256 !== f.sha256) {
-      fail('trust.bad_file', { name: f.name });
-      continue;
-    }
-    try {
-      const r = await fetch(f.url, { cache: 'no-store' });
-      const got = V.hex(await V.sha256(new Uint8Array(await r.arrayBuffer())));
-      if (!r.ok || got !== leaf.sha256) fail('trust.bad_file', { name: f.name });
-    } catch {
-      fail('trust.bad_file', { name: f.name });
-    }
-  }
+  // Each file: its manifest is in the log, and the bytes hash to it (fetched together).
+  await Promise.all(
+    data.files.map(async (f) => {
+      const leaf = recs.get(ev.file_leaves[f.sha256]);
+      if (!leaf || (leaf.kind !== 'test_report' && leaf.kind !== 'media_manifest') || leaf.sha256 !== f.sha256) {
+        fail('trust.bad_file', { name: f.name });
+        return;
+      }
+      try {
+        const r = await fetch(f.url, { cache: 'no-store' });
+        const got = V.hex(await V.sha256(new Uint8Array(await r.arrayBuffer())));
+        if (!r.ok || got !== leaf.sha256) fail('trust.bad_file', { name: f.name });
+      } catch {
+        fail('trust.bad_file', { name: f.name });
+      }
+    }),
+  );
   if (reasons.length) return { state: 'failed', reasons, gaps };
   return { state: gaps.length ? 'gaps' : 'verified', reasons, gaps };
 }
@@ -343,10 +369,15 @@ async function main() {
     return;
   }
   data = await response.json();
-  performance.mark('trust:answer'); // (bench/evidence.py reads these two)
+  performance.mark('trust:answer'); // (bench/evidence.py reads these marks)
+  if (data.evidence) decoded = decodeRecords(data.evidence);
+  // The checking starts first: once it has asked WebCrypto for its hashes, the page is
+  // drawn while WebCrypto's threads work on them.
+  const checking = verify();
   render();
+  performance.mark('trust:rendered');
   try {
-    verdict = await verify();
+    verdict = await checking;
   } catch (e) {
     verdict = { state: 'failed', reasons: [e.message], gaps: [] };
   }

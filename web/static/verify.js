@@ -1,9 +1,10 @@
 // Verification of origincast's evidence log in the customer's own browser.
 //
 // Nothing here trusts the server: a checkpoint counts only if its Ed25519 signature
-// verifies under the key the customer brought (the QR code's fragment); a record counts
-// only if its RFC 6962 inclusion proof leads to that checkpoint's root. The server hands
-// out the proofs and records, which is safe because they are checked, not believed.
+// verifies under the key the customer brought (the QR code's fragment); records count
+// only if their RFC 6962 inclusion proof (one multi-leaf proof for all of a page's
+// records) leads to that checkpoint's root. The server hands out the proofs and records,
+// which is safe because they are checked, not believed.
 // Mirrors telemetry/evidence (merkle.py, note.py, canonical.py); tests run both sides
 // on the same vectors.
 
@@ -13,7 +14,18 @@ export class VerifyError extends Error {}
 
 // -- bytes -------------------------------------------------------------------------------
 
+const hasFromBase64 = typeof Uint8Array.fromBase64 === 'function';
+
 export function b64decode(s) {
+  if (typeof s !== 'string') throw new VerifyError('not base64');
+  if (hasFromBase64) {
+    // native, and as strict as the pattern below but for ASCII whitespace, which it skips
+    try {
+      return Uint8Array.fromBase64(s, { lastChunkHandling: 'strict' });
+    } catch {
+      throw new VerifyError('not base64');
+    }
+  }
   if (!/^[A-Za-z0-9+/]*={0,2}$/.test(s) || s.length % 4 !== 0) throw new VerifyError("not base64");
   const bin = atob(s);
   const out = new Uint8Array(bin.length);
@@ -28,8 +40,12 @@ export function hexdecode(s) {
   return out;
 }
 
+const HEX = Array.from({ length: 256 }, (_, b) => b.toString(16).padStart(2, "0"));
+
 export function hex(bytes) {
-  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  let out = "";
+  for (let i = 0; i < bytes.length; i++) out += HEX[bytes[i]];
+  return out;
 }
 
 function concat(...parts) {
@@ -55,12 +71,32 @@ export async function sha256(bytes) {
 
 // -- RFC 6962 / RFC 9162 Merkle trees ------------------------------------------------------
 
+// WebCrypto copies its input when called (WebCrypto's digest(): "a copy of the bytes held
+// by the data parameter"), so one scratch buffer serves every call: tens of thousands
+// of hashes of a month's records then allocate nothing but their results.
+let scratch = new Uint8Array(1024);
+const nodeScratch = Uint8Array.of(1, ...new Uint8Array(64)); // 0x01, RFC 6962's node prefix
+
+// SHA-256 of 0x00 || entry, as a promise of an ArrayBuffer (leafHash wraps it).
+function leafDigest(entry) {
+  if (scratch.length < entry.length + 1) scratch = new Uint8Array(2 * entry.length + 2);
+  scratch[0] = 0;
+  scratch.set(entry, 1);
+  return crypto.subtle.digest("SHA-256", scratch.subarray(0, entry.length + 1));
+}
+
+function nodeDigest(left, right) {
+  nodeScratch.set(left, 1);
+  nodeScratch.set(right, 33);
+  return crypto.subtle.digest("SHA-256", nodeScratch);
+}
+
 export async function leafHash(entry) {
-  return sha256(concat(Uint8Array.of(0), entry));
+  return new Uint8Array(await leafDigest(entry));
 }
 
 async function nodeHash(left, right) {
-  return sha256(concat(Uint8Array.of(1), left, right));
+  return new Uint8Array(await nodeDigest(left, right));
 }
 
 const odd = (n) => n % 2 === 1;
@@ -96,63 +132,72 @@ export async function verifyInclusion(index, size, leaf, proof, root) {
   if (!equal(got, root)) throw new VerifyError(`record ${index} is not in the signed tree`);
 }
 
-// Many inclusion proofs into one tree, sharing work. A page proves thousands of records
-// (a month of readings batches), whose paths to the root mostly coincide: each node a
-// proof already led to the root is remembered, and a later proof that reaches the same
-// node with the same hash is done there (its record is under a node that is under the
-// root). A node is named by the leaves it covers, [fn·2^level, (fn+1)·2^level) cut at
-// the tree's size, which is what (level, fn) is after each step of RFC 9162's loop.
-// Nothing is remembered from a proof that fails. A proof's hashes may be base64 text,
-// decoded when used. Returns a Map index -> VerifyError for the records that are not in
-// the tree; the others are.
-export async function verifyInclusions(items, size, root) {
-  const known = new Map(); // node -> hex hash, of nodes proved to lead to the root
-  const failed = new Map();
-  for (const { index, leaf, proof } of items) {
-    try {
-      if (!(index >= 0 && index < size)) throw new VerifyError(`index ${index} is not in a tree of ${size}`);
-      const seen = [];
-      let fn = index;
-      let sn = size - 1;
-      let level = 0;
-      let r = leaf;
-      let done = false;
-      for (const raw of proof) {
-        const p = typeof raw === 'string' ? b64decode(raw) : raw;
-        const hit = known.get(`${level}:${fn}`);
-        if (hit !== undefined) {
-          if (hit !== hex(r)) throw new VerifyError(`record ${index} is not in the signed tree`);
-          done = true;
-          break;
-        }
-        seen.push([`${level}:${fn}`, hex(r)]);
-        if (sn === 0) throw new VerifyError('inclusion proof is too long');
-        if (odd(fn) || fn === sn) {
-          r = await nodeHash(p, r);
-          while (!odd(fn) && fn !== 0) {
-            fn = half(fn);
-            sn = half(sn);
-            level++;
-          }
-        } else {
-          r = await nodeHash(r, p);
-        }
-        fn = half(fn);
-        sn = half(sn);
-        level++;
-      }
-      if (!done) {
-        const hit = known.get(`${level}:${fn}`);
-        if (hit !== undefined && hit === hex(r)) done = true;
-        else if (sn !== 0) throw new VerifyError('inclusion proof is too short');
-        else if (!equal(r, root)) throw new VerifyError(`record ${index} is not in the signed tree`);
-      }
-      for (const [k, h] of seen) known.set(k, h);
-    } catch (e) {
-      failed.set(index, e instanceof VerifyError ? e : new VerifyError(String(e)));
-    }
+// The largest power of two below n (n >= 2): RFC 6962's split point k.
+function split(n) {
+  let k = 1;
+  while (k * 2 < n) k *= 2;
+  return k;
+}
+
+// A multi-leaf inclusion proof (merkle.py multi_inclusion_proof): RFC 6962's recursion
+// walked from the root, left subtree before right; each subtree holding none of the
+// leaves is one 32-byte hash of the proof, in that order. `leaves` are [index, leaf hash]
+// with strictly increasing indices; `proof` is the hashes concatenated. Every node above
+// the leaves is hashed once, and all the nodes of one height are asked of WebCrypto at
+// once (each call is a round trip to its thread; one at a time they were most of a
+// month's verifying). Returns the root; VerifyError if the proof has the wrong shape.
+export async function rootFromMultiProof(size, leaves, proof) {
+  if (!Number.isSafeInteger(size) || size < 1) throw new VerifyError(`no records can be in a tree of ${size}`);
+  if (!leaves.length) throw new VerifyError('no records to prove');
+  if (proof.length % 32 !== 0) throw new VerifyError('the inclusion proof is not a list of hashes');
+  let last = -1;
+  for (const [index, hash] of leaves) {
+    if (!Number.isSafeInteger(index) || index <= last) throw new VerifyError('records out of order');
+    if (index >= size) throw new VerifyError(`record ${index} is not in a tree of ${size}`);
+    if (hash.length !== 32) throw new VerifyError(`record ${index}'s hash is not 32 bytes`);
+    last = index;
   }
-  return failed;
+  const count = proof.length / 32;
+  const levels = []; // levels[h]: the nodes of height h to hash, each {left, right, hash}
+  let used = 0;
+  const walk = (start, end, lo, hi) => {
+    // leaves[lo..hi) are those in [start, end)
+    if (lo === hi) {
+      if (used === count) throw new VerifyError('the inclusion proof is missing hashes');
+      used += 1;
+      return { height: 0, hash: proof.subarray((used - 1) * 32, used * 32) };
+    }
+    if (end - start === 1) return { height: 0, hash: leaves[lo][1] };
+    const k = start + split(end - start);
+    let mid = lo;
+    let top = hi;
+    while (mid < top) {
+      const m = (mid + top) >>> 1;
+      if (leaves[m][0] < k) mid = m + 1;
+      else top = m;
+    }
+    const left = walk(start, k, lo, mid);
+    const right = walk(k, end, mid, hi);
+    const node = { height: Math.max(left.height, right.height) + 1, left, right, hash: null };
+    (levels[node.height] ||= []).push(node);
+    return node;
+  };
+  const root = walk(0, size, 0, leaves.length);
+  if (used !== count) throw new VerifyError('the inclusion proof has hashes it does not need');
+  for (const nodes of levels) {
+    if (!nodes) continue;
+    const hashes = await Promise.all(nodes.map((n) => nodeDigest(n.left.hash, n.right.hash)));
+    for (let i = 0; i < nodes.length; i++) nodes[i].hash = new Uint8Array(hashes[i]);
+  }
+  return root.hash;
+}
+
+// Every leaf is in the tree of the checkpoint `{size, root}`; VerifyError if not.
+export async function verifyMultiProof(size, root, leaves, proof) {
+  const got = await rootFromMultiProof(size, leaves, proof);
+  if (!equal(got, root)) {
+    throw new VerifyError(`the ${leaves.length} records are not all in the signed tree of ${size}`);
+  }
 }
 
 // RFC 9162, 2.1.4.2: the tree of size `second` extends the tree of size `first`.
@@ -263,43 +308,59 @@ export function canonicalJSON(value) {
   return `{${keys.map((k) => `${JSON.stringify(k)}:${canonicalJSON(value[k])}`).join(",")}}`;
 }
 
-// One reading as the batch digest sees it (canonical.py reading_record): float32 values,
-// absent fields left out.
-export function readingRecord(r) {
-  const rec = { ts_us: r.ts_us, temp_c: Math.fround(r.temp_c) };
-  if (r.rh != null) rec.rh = Math.fround(r.rh);
-  if (r.battery_v != null) rec.battery_v = Math.fround(r.battery_v);
-  if (r.door_open != null) rec.door_open = Boolean(r.door_open);
-  if (r.seq != null) rec.seq = r.seq;
-  return rec;
+// A batch's readings as the server hands them out: the records its digest is over
+// (canonical.py readings_digest), in time order, each 29 bytes little-endian: ts_us
+// int64, temp_c, rh, battery_v float32 (0 when absent), seq int64 (0 when absent), flags
+// (1 rh, 2 battery_v, 4 seq, 8 door_open present, 16 door open). Their SHA-256 is the
+// digest; decodeRecords reads the readings back (absent fields null).
+export const READING_BYTES = 29;
+const TWO_32 = 4294967296;
+
+export function decodeRecords(bytes) {
+  if (bytes.length % READING_BYTES !== 0) throw new VerifyError('readings are not whole records');
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const out = new Array(bytes.length / READING_BYTES);
+  for (let i = 0, at = 0; i < out.length; i++, at += READING_BYTES) {
+    const flags = view.getUint8(at + 28);
+    // int64s as two halves: exact below 2**53, as every time and sequence number is
+    const ts = view.getInt32(at + 4, true) * TWO_32 + view.getUint32(at, true);
+    const seq = view.getInt32(at + 24, true) * TWO_32 + view.getUint32(at + 20, true);
+    out[i] = {
+      ts_us: ts,
+      temp_c: view.getFloat32(at + 8, true),
+      rh: flags & 1 ? view.getFloat32(at + 12, true) : null,
+      battery_v: flags & 2 ? view.getFloat32(at + 16, true) : null,
+      door_open: flags & 8 ? Boolean(flags & 16) : null,
+      seq: flags & 4 ? seq : null,
+    };
+  }
+  return out;
 }
 
-// The batch digest (canonical.py readings_digest): SHA-256 over the readings in time
-// order, each packed as 29 bytes, little-endian: ts_us int64, temp_c, rh, battery_v
-// float32 (0 when absent), seq int64 (0 when absent), flags (1 rh, 2 battery_v, 4 seq,
-// 8 door_open present, 16 door open).
-const READING_BYTES = 29;
-
-export async function readingsDigest(readings) {
-  const ordered = [...readings].sort((a, b) => a.ts_us - b.ts_us);
-  const buf = new ArrayBuffer(ordered.length * READING_BYTES);
-  const view = new DataView(buf);
-  ordered.forEach((r, i) => {
-    const at = i * READING_BYTES;
-    const has = (v) => v !== null && v !== undefined;
-    view.setBigInt64(at, BigInt(r.ts_us), true);
-    view.setFloat32(at + 8, r.temp_c, true);
-    view.setFloat32(at + 12, has(r.rh) ? r.rh : 0, true);
-    view.setFloat32(at + 16, has(r.battery_v) ? r.battery_v : 0, true);
-    view.setBigInt64(at + 20, BigInt(has(r.seq) ? r.seq : 0), true);
-    const flags =
-      (has(r.rh) ? 1 : 0) |
-      (has(r.battery_v) ? 2 : 0) |
-      (has(r.seq) ? 4 : 0) |
-      (has(r.door_open) ? (r.door_open ? 24 : 8) : 0);
-    view.setUint8(at + 28, flags);
-  });
-  return hex(await sha256(new Uint8Array(buf)));
+// The records (bytes) and their readings are exactly what a readings_batch leaf commits
+// to: count, time range, sequence range and digest (hex, of the bytes). Returns what
+// differs, or null.
+export function batchMismatch(batch, readings, digest) {
+  if (readings.length !== batch.count) return `${readings.length} readings, the log says ${batch.count}`;
+  let tsMin = Infinity;
+  let tsMax = -Infinity;
+  let seqMin = Infinity;
+  let seqMax = -Infinity;
+  for (const r of readings) {
+    if (r.ts_us < tsMin) tsMin = r.ts_us;
+    if (r.ts_us > tsMax) tsMax = r.ts_us;
+    if (r.seq !== null) {
+      if (r.seq < seqMin) seqMin = r.seq;
+      if (r.seq > seqMax) seqMax = r.seq;
+    }
+  }
+  if (tsMin !== batch.ts_first_us || tsMax !== batch.ts_last_us) return "the readings' time range differs";
+  const seqs = seqMin === Infinity ? [null, null] : [seqMin, seqMax];
+  if (seqs[0] !== (batch.seq_first ?? null) || seqs[1] !== (batch.seq_last ?? null)) {
+    return "the readings' sequence range differs";
+  }
+  if (digest !== batch.readings_sha256) return 'the readings differ (SHA-256)';
+  return null;
 }
 
 // -- the shipment report's figures (telemetry/reports.py, exactly) ------------------------
@@ -309,8 +370,9 @@ export async function readingsDigest(readings) {
 export const ACTIVATION_K = 10000;
 export const KELVIN = 273.15;
 
+// (typed arrays sort numbers natively, many times faster than a comparator)
 function median(xs) {
-  const s = [...xs].sort((a, b) => a - b);
+  const s = Float64Array.from(xs).sort();
   const n = s.length;
   return n % 2 ? s[(n - 1) / 2] : (s[n / 2 - 1] + s[n / 2]) / 2;
 }
@@ -320,6 +382,14 @@ function secondsToUs(x) {
   const us = x * 1e6;
   const r = Math.round(us);
   return Math.abs(us % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
+}
+
+// Readings by time; batches come in time order already, so most often this only looks.
+function inTimeOrder(points) {
+  for (let i = 1; i < points.length; i++) {
+    if (points[i].ts_us < points[i - 1].ts_us) return [...points].sort((a, b) => a.ts_us - b.ts_us);
+  }
+  return points;
 }
 
 // G of one segment: gap_threshold_s if set, else max(gap_factor × median interval, min_gap_s).
@@ -334,7 +404,7 @@ export function gapThresholdUs(timesUs, params) {
 
 // Weights and gaps of one window's readings ({ts_us, temp_c}); reports.weigh.
 export function weigh(points, startUs, endUs, gUs) {
-  const pts = points.filter((p) => startUs <= p.ts_us && p.ts_us < endUs).sort((a, b) => a.ts_us - b.ts_us);
+  const pts = inTimeOrder(points.filter((p) => startUs <= p.ts_us && p.ts_us < endUs));
   if (!pts.length) return { weighted: [], gaps: endUs > startUs ? [{ start_us: startUs, end_us: endUs }] : [] };
   const weighted = [];
   const gaps = [];
@@ -352,17 +422,22 @@ export function weigh(points, startUs, endUs, gUs) {
 }
 
 // MKT in °C as a log-sum-exp (deep-frozen terms are ~1e-23); null without weight.
+// (Loops, not map/filter: a month of readings, and typed arrays welcome.)
 export function meanKineticTemperature(temps, weightsS, activationK = ACTIVATION_K) {
-  const pairs = temps.map((t, i) => [t, weightsS[i]]).filter(([, w]) => w > 0);
-  if (!pairs.length) return null;
-  const xs = pairs.map(([t]) => -activationK / (t + KELVIN));
-  const m = Math.max(...xs);
+  let m = -Infinity;
+  for (let i = 0; i < temps.length; i++) {
+    if (weightsS[i] > 0) m = Math.max(m, -activationK / (temps[i] + KELVIN));
+  }
+  if (m === -Infinity) return null;
   let total = 0;
   let s = 0;
-  pairs.forEach(([, w], i) => {
-    total += w;
-    s += w * Math.exp(xs[i] - m);
-  });
+  for (let i = 0; i < temps.length; i++) {
+    const w = weightsS[i];
+    if (w > 0) {
+      total += w;
+      s += w * Math.exp(-activationK / (temps[i] + KELVIN) - m);
+    }
+  }
   return -activationK / (m + Math.log(s) - Math.log(total)) - KELVIN;
 }
 
@@ -371,32 +446,50 @@ export function beyondLimit(limit, t) {
   return limit.inclusive ? t <= limit.threshold : t < limit.threshold;
 }
 
-// reports.summarize: the figures of weighted readings over a window (seconds as numbers).
+// reports.summarize: the figures of weighted readings over a window (seconds as numbers),
+// in one pass over them.
 export function summarize(weighted, gaps, windowUs, limits, activationK = ACTIVATION_K) {
-  const temps = weighted.map((w) => w.temp_c);
-  const secs = weighted.map((w) => w.w_us / 1e6);
-  const coveredUs = weighted.reduce((n, w) => n + w.w_us, 0);
-  const totalS = secs.reduce((a, b) => a + b, 0);
-  const mean = totalS > 0 ? temps.reduce((n, t, i) => n + t * secs[i], 0) / totalS : null;
-  const rangeRules = limits.filter((l) => l.kind === 'limit');
-  const inRangeUs = weighted
-    .filter((w) => !rangeRules.some((r) => beyondLimit(r, w.temp_c)))
-    .reduce((n, w) => n + w.w_us, 0);
+  const n = weighted.length;
+  const temps = new Float64Array(n);
+  const secs = new Float64Array(n);
+  const isRange = limits.map((l) => l.kind === 'limit');
+  const beyondUs = limits.map(() => 0);
+  let coveredUs = 0;
+  let totalS = 0;
+  let weightedSum = 0;
+  let inRangeUs = 0;
+  let min = Infinity;
+  let max = -Infinity;
+  for (let i = 0; i < n; i++) {
+    const { temp_c: t, w_us: w } = weighted[i];
+    temps[i] = t;
+    secs[i] = w / 1e6;
+    coveredUs += w;
+    totalS += secs[i];
+    weightedSum += t * secs[i];
+    if (t < min) min = t;
+    if (t > max) max = t;
+    let inRange = true;
+    for (let j = 0; j < limits.length; j++) {
+      if (beyondLimit(limits[j], t)) {
+        beyondUs[j] += w;
+        if (isRange[j]) inRange = false;
+      }
+    }
+    if (inRange) inRangeUs += w;
+  }
   return {
-    reading_count: weighted.length,
-    min_c: temps.length ? Math.min(...temps) : null,
-    max_c: temps.length ? Math.max(...temps) : null,
-    mean_c: mean,
+    reading_count: n,
+    min_c: n ? min : null,
+    max_c: n ? max : null,
+    mean_c: totalS > 0 ? weightedSum / totalS : null,
     mkt_c: meanKineticTemperature(temps, secs, activationK),
     window_s: windowUs / 1e6,
     covered_s: coveredUs / 1e6,
-    gap_s: gaps.reduce((n, g) => n + (g.end_us - g.start_us), 0) / 1e6,
+    gap_s: gaps.reduce((sum, g) => sum + (g.end_us - g.start_us), 0) / 1e6,
     in_range_s: inRangeUs / 1e6,
     out_of_range_s: (coveredUs - inRangeUs) / 1e6,
-    beyond: limits.map((l) => ({
-      limit_id: l.id,
-      beyond_s: weighted.filter((w) => beyondLimit(l, w.temp_c)).reduce((n, w) => n + w.w_us, 0) / 1e6,
-    })),
+    beyond: limits.map((l, j) => ({ limit_id: l.id, beyond_s: beyondUs[j] / 1e6 })),
   };
 }
 
@@ -408,7 +501,7 @@ export function recomputeReport(segments, readingsBySegment, limits, params) {
   let windowUs = 0;
   segments.forEach((seg, i) => {
     const pts = readingsBySegment[i].filter((p) => seg.start_us <= p.ts_us && p.ts_us < seg.end_us);
-    const times = pts.map((p) => p.ts_us).sort((a, b) => a - b);
+    const times = inTimeOrder(pts).map((p) => p.ts_us);
     const g = gapThresholdUs(times, params);
     const { weighted, gaps } = weigh(pts, seg.start_us, seg.end_us, g);
     out.segments.push({ gap_threshold_s: g / 1e6, summary: summarize(weighted, gaps, seg.end_us - seg.start_us, limits, params.activation_k), gaps });
@@ -435,11 +528,30 @@ export function compareSummary(shown, computed) {
   return bad;
 }
 
+// Keys in RFC 8785's order (UTF-16 code units, which is what sort() compares), at
+// every level of a parsed record.
+function keysSorted(value) {
+  if (value === null || typeof value !== 'object') return true;
+  if (Array.isArray(value)) return value.every(keysSorted);
+  let last = null;
+  for (const k of Object.keys(value)) {
+    if (last !== null && !(last < k)) return false;
+    if (!keysSorted(value[k])) return false;
+    last = k;
+  }
+  return true;
+}
+
 // A leaf's bytes as its record, if they are exactly the canonical JSON of an object.
+// (The quick test first: a canonical text is what JSON.stringify writes back when its
+// keys were sorted; anything else goes through canonicalJSON.)
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+
 export function parseLeaf(entry) {
-  const text = new TextDecoder('utf-8', { fatal: true }).decode(entry);
+  const text = utf8.decode(entry);
   const value = JSON.parse(text);
   if (value === null || typeof value !== 'object' || value.v !== 1) throw new VerifyError('not a version 1 record');
-  if (canonicalJSON(value) !== text) throw new VerifyError(`a ${value.kind} record not in canonical form`);
+  const canonical = (JSON.stringify(value) === text && keysSorted(value)) || canonicalJSON(value) === text;
+  if (!canonical) throw new VerifyError(`a ${value.kind} record not in canonical form`);
   return value;
 }
