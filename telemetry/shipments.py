@@ -23,13 +23,14 @@ from __future__ import annotations
 import re
 import secrets
 from base64 import b32encode
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
 from telemetry.alerts.rules import Profile, RuleError, builtin_profiles
+from telemetry.evidence.canonical import float32
 from telemetry.readings import PLAIN_ID, Reading
 from telemetry.storage.alerts import AlertRecord
 
@@ -426,6 +427,12 @@ def gather(source: ReportSource, s: Shipment, as_of: datetime) -> list[SegmentDa
     return out
 
 
+def _as_committed(readings: Iterable[Reading], left_out: set[tuple[str, datetime]]) -> Iterator[Reading]:
+    for r in readings:
+        if (r.device_id, r.ts) not in left_out:
+            yield r._replace(temp_c=float32(r.temp_c))
+
+
 class SealedSource(ReportSource, Protocol):
     """A report source that also knows which readings the evidence log has not sealed yet."""
 
@@ -465,15 +472,17 @@ def gather_sealed(
         end = seg.end if seg.end is not None else stop
         if end > seg.start:
             pending.extend(source.pending_readings(seg.device_id, seg.start, end))
-    if not pending:
-        return gather(source, s, as_of), as_of, None
-    first = min(r.ts for r in pending)
-    through = as_of if s.closed_at is not None else max(min(as_of, first), s.opened_at)
+    first = min((r.ts for r in pending), default=None)
+    through = as_of if first is None or s.closed_at is not None else max(min(as_of, first), s.opened_at)
     left_out = {(r.device_id, r.ts) for r in pending}
+    # Temperatures as the log committed them (float32): a verifier recomputes the figures
+    # from those, and a reading a rounding away from a limit must count the same on both.
     data = [
-        replace(d, readings=tuple(r for r in d.readings if (r.device_id, r.ts) not in left_out))
+        replace(d, readings=tuple(_as_committed(d.readings, left_out)))
         for d in gather(source, s, through)
     ]
+    if first is None:
+        return data, through, None
     return data, through, Pending(len(pending), first, max(r.ts for r in pending), through)
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from telemetry.evidence.canonical import parse_record, unpack_readings
+from telemetry.evidence.canonical import float32, parse_record, unpack_readings
 from telemetry.evidence.log import EvidenceLog, SignedCheckpoint
 from telemetry.evidence.merkle import leaf_hash, verify_multi_inclusion
 from telemetry.evidence.note import NoteSigner
@@ -309,9 +309,9 @@ async def test_a_bundle_is_never_older_than_its_timestamp(
 
 
 async def test_a_bundle_of_deep_frozen_readings_verifies(client: Any) -> None:
-    """SQLite keeps a reading's double where the log commits to its float32: figures the
-    server computed from -78.xxxxxxxxx °C still agree with those the verifier recomputes
-    from the records (version 2), and a real change does not."""
+    """SQLite keeps a reading's double where the log commits to its float32: the public
+    figures are computed from the committed values, so they agree with those the verifier
+    recomputes from the records (version 2), and a real change does not."""
     t0 = (datetime.now(UTC) - timedelta(hours=5)).replace(microsecond=0)
     r = await client.post(
         "/api/v1/shipments",
@@ -327,7 +327,8 @@ async def test_a_bundle_of_deep_frozen_readings_verifies(client: Any) -> None:
     r = await client.post("/api/v1/shipments/vax-1/close", json={"at": at}, headers=ADM)
     assert r.status == 200, await r.text()
     bundle = await (await client.get("/api/v1/public/shipments/vax-1/bundle")).json()
-    assert bundle["report"]["total"]["min_c"] == rows[0].temp_c  # the server's figures: doubles
+    assert rows[0].temp_c != float32(rows[0].temp_c)  # the double is not what the log holds
+    assert bundle["report"]["total"]["min_c"] == float32(rows[0].temp_c)
     verdict = verify_bundle(bundle, client.signer.vkey)
     assert verdict.ok and verdict.headline() == "verified", verdict.lines()
     bundle["report"]["total"]["mean_c"] += 1e-3
