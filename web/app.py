@@ -279,7 +279,9 @@ def _add_trust(app: web.Application, config: Config) -> None:
     # One builder for the page's answer and the offline bundle (`origincast verify`), its
     # answers kept for repeat requests; both public endpoints rate-limited per address.
     cache = app[ANSWER_CACHE] = AnswerCache()
-    limiter = app[PUBLIC_LIMITER] = RateLimiter()
+    limiter = app[PUBLIC_LIMITER] = RateLimiter(
+        burst=config.http.public_burst, per_second=config.http.public_rate_per_s
+    )
     builder = ShipmentEvidence(
         lambda: app[STORE], files.catalog, lambda: evidence_of(app), files.blobs, cache
     )

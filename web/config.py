@@ -38,6 +38,11 @@ class HttpSettings:
     # The address customers reach us at (QR codes on packages point there), e.g.
     # "https://trust.example.com"; None: taken from each request's Host.
     public_url: str | None = None
+    # Each client address's allowance on the public shipment endpoints: a burst, refilled
+    # at a rate (web.rate_limit). Behind a reverse proxy every customer has the proxy's
+    # address: raise these, or set the rate to 0 (off) and limit in the proxy.
+    public_burst: float = 120.0
+    public_rate_per_s: float = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +139,8 @@ _SCHEMA: dict[tuple[str, str], tuple[type, object]] = {
     ("auth", "argon2_parallelism"): (int, 4),
     ("http", "secret_key"): (str, ""),
     ("http", "public_url"): (str, ""),
+    ("http", "public_burst"): (float, 120.0),
+    ("http", "public_rate_per_s"): (float, 2.0),
     ("files", "dir"): (str, "origincast-files"),
     ("files", "max_bytes"): (int, 20 * 1024 * 1024),
     ("evidence", "key_file"): (str, ""),
@@ -325,6 +332,7 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
                 certfile=str(v[("http", "certfile")]) or None,
                 keyfile=str(v[("http", "keyfile")]) or None,
                 public_url=_public_url(str(v[("http", "public_url")])),
+                **_public_rate(v),
             )
         ),
         files=_files_settings(v),
@@ -452,6 +460,16 @@ def _auth_settings(v: Mapping[tuple[str, str], object]) -> AuthSettings:
         failure_max_delay_s=get("failure_max_delay_s"),
         lockout_after=_lockout_after(v),
     )
+
+
+def _public_rate(v: Mapping[tuple[str, str], object]) -> dict[str, float]:
+    burst = float(v[("http", "public_burst")])  # type: ignore[arg-type]
+    rate = float(v[("http", "public_rate_per_s")])  # type: ignore[arg-type]
+    if not burst >= 1:
+        raise ConfigError(f"{_env_name('http', 'public_burst')}: must be at least 1, got {burst}")
+    if not rate >= 0:
+        raise ConfigError(f"{_env_name('http', 'public_rate_per_s')}: must be 0 (off) or more, got {rate}")
+    return {"public_burst": burst, "public_rate_per_s": rate}
 
 
 def _lockout_after(v: Mapping[tuple[str, str], object]) -> int:

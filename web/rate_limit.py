@@ -37,8 +37,8 @@ class RateLimiter:
         max_addresses: int = DEFAULT_MAX_ADDRESSES,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if burst < 1 or per_second <= 0:
-            raise ValueError("burst must be at least 1 and per_second positive")
+        if burst < 1 or per_second < 0:
+            raise ValueError("burst must be at least 1 and per_second 0 (off) or more")
         self.burst = burst
         self.per_second = per_second
         self.max_addresses = max_addresses
@@ -48,6 +48,8 @@ class RateLimiter:
     def take(self, address: str, cost: float = 1.0) -> float:
         """Spend ``cost`` tokens of the address's bucket: 0 if they were there, else the
         seconds until they will be (nothing is spent then)."""
+        if self.per_second == 0:  # off: a proxy in front limits instead
+            return 0.0
         now = self._clock()
         tokens, at = self._buckets.pop(address, (self.burst, now))
         tokens = min(self.burst, tokens + (now - at) * self.per_second)

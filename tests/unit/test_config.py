@@ -70,6 +70,8 @@ def test_evidence_batches_reach_the_storage_settings(tmp_path):
         ({"ORIGINCAST_MQTT_PROTOCOL": "4"}, "expected '5' or '3.1.1'"),
         ({"ORIGINCAST_EVIDENCE_BATCH_MAX_SPAN_S": "0"}, "BATCH_MAX_SPAN_S: must be greater than 0"),
         ({"ORIGINCAST_EVIDENCE_BATCH_MAX_READINGS": "-1"}, "must be greater than 0"),
+        ({"ORIGINCAST_HTTP_PUBLIC_BURST": "0"}, "ORIGINCAST_HTTP_PUBLIC_BURST: must be at least 1"),
+        ({"ORIGINCAST_HTTP_PUBLIC_RATE_PER_S": "-2"}, "ORIGINCAST_HTTP_PUBLIC_RATE_PER_S: must be 0 (off)"),
     ],
 )
 def test_bad_values_are_named(env, message):

@@ -45,4 +45,10 @@ def test_nonsense_settings_are_refused() -> None:
     with pytest.raises(ValueError):
         RateLimiter(burst=0)
     with pytest.raises(ValueError):
-        RateLimiter(per_second=0)
+        RateLimiter(per_second=-1)
+
+
+def test_a_zero_rate_is_off() -> None:
+    """For a server behind a proxy that limits instead (every customer has its address)."""
+    limiter = RateLimiter(burst=1, per_second=0)
+    assert all(limiter.take("proxy") == 0 for _ in range(1000))
