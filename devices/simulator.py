@@ -105,7 +105,7 @@ class Fleet:
             status = STATUS_TOPIC.format(device_id=s.device_id)
             client.will_set(status, "offline", qos=1, retain=True)
 
-            def on_connect(c, _u, _f, rc, _p, status=status):  # type: ignore[no-untyped-def]
+            def on_connect(c, _u, _f, rc, _p, status=status):
                 if not rc.is_failure:
                     c.publish(status, "online", qos=1, retain=True)
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # THE test command (README, CI). Works on a brand-new Debian 12 machine as root:
 # installs what is missing, makes .venv, builds the cached TimescaleDB root, then runs
-# ruff, import-linter and pytest. Extra arguments go to pytest:
+# ruff, import-linter, mypy and pytest. Extra arguments go to pytest:
 #     bash scripts/test.sh -x -k storage
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -64,6 +64,8 @@ fi
 failed=()
 .venv/bin/ruff check . || failed+=(ruff)
 .venv/bin/lint-imports || failed+=(lint-imports)
+# what it checks, and how strictly: [tool.mypy] in pyproject.toml
+.venv/bin/mypy || failed+=(mypy)
 if (($#)); then
     .venv/bin/pytest "$@" || failed+=(pytest)
 else

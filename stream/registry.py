@@ -218,13 +218,13 @@ def check_owner(owner: object) -> str | None:
 def check_kind(kind: object) -> SourceKind:
     if kind not in SOURCE_KINDS:
         raise InvalidStream(f"kind must be one of {', '.join(SOURCE_KINDS)}, got {kind!r}")
-    return kind  # type: ignore[return-value]
+    return kind
 
 
 def check_visibility(visibility: object) -> Visibility:
     if visibility not in VISIBILITIES:
         raise InvalidStream(f"visibility must be one of {', '.join(VISIBILITIES)}, got {visibility!r}")
-    return visibility  # type: ignore[return-value]
+    return visibility
 
 
 def check_rtsp_url(url: object) -> str:

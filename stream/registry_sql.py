@@ -449,7 +449,7 @@ class PostgresStreamRepository:
                 if version in done:
                     continue
                 for statement in _statements(sql["postgres"]):
-                    cur.execute(statement)  # type: ignore[arg-type]
+                    cur.execute(statement)
                 cur.execute(
                     "INSERT INTO stream_schema_migrations (version, name) VALUES (%s, %s)", (version, name)
                 )
@@ -493,7 +493,7 @@ class PostgresStreamRepository:
     def list_streams(self, *, include_unlisted: bool = False) -> list[Stream]:
         where = "" if include_unlisted else " WHERE visibility = 'public'"
         with self._tx() as cur:
-            cur.execute(f"SELECT {_COLUMNS} FROM streams{where} ORDER BY slug")  # type: ignore[arg-type]
+            cur.execute(f"SELECT {_COLUMNS} FROM streams{where} ORDER BY slug")
             rows = cur.fetchall()
         return [_stream(r) for r in rows]
 

@@ -316,10 +316,10 @@ class Ingester:
             try:
                 item = self._parsed.get(timeout=max(0.0, next_tick - time.monotonic()))
             except queue.Empty:
-                item = ()
-            if item is None:
-                return
-            if item:
+                pass  # nothing to write before the tick is due
+            else:
+                if item is None:
+                    return
                 batch, readings, rejections = item
                 try:
                     self._commit_and_ack(batch, readings, rejections)

@@ -165,7 +165,7 @@ class Segment:
             device_id=data.get("device_id"),  # type: ignore[arg-type]
             start=parse_time(data.get("start"), "segments.start"),
             end=None if end is None else parse_time(end, "segments.end"),
-            label=data.get("label"),  # type: ignore[arg-type]
+            label=data.get("label"),
         )
 
 

@@ -236,7 +236,7 @@ def check_name(name: object) -> str:
 def check_role(role: object) -> Role:
     if role not in ROLES:
         raise InvalidAccount(f"role must be one of {', '.join(ROLES)}, got {role!r}")
-    return role  # type: ignore[return-value]
+    return role
 
 
 def _check_label(what: str, value: object, max_len: int) -> str | None:

@@ -467,7 +467,7 @@ class PostgresAccountRepository:
                 if version in done:
                     continue
                 for statement in sql["postgres"]:
-                    cur.execute(statement)  # type: ignore[arg-type]
+                    cur.execute(statement)
                 cur.execute(
                     "INSERT INTO account_schema_migrations (version, name) VALUES (%s, %s)", (version, name)
                 )

@@ -56,7 +56,7 @@ class FilesApi:
         self._auth = auth
         self._store = store
         self._blobs = blobs
-        self._catalog = FileCatalog(store)  # type: ignore[arg-type]
+        self._catalog = FileCatalog(store)
 
     @property
     def catalog(self) -> FileCatalog:

@@ -52,13 +52,14 @@ from telemetry.shipments import (
     shipment_from_request,
 )
 from telemetry.storage import Store
+from web.accounts import Role
 from web.auth import Authenticator
 from web.errors import json_error
 from web.evidence import ReadingsNotSealed, close_shipment
 from web.i18n import LANGUAGES, Catalogs, load_catalogs
 
-WRITERS = ("admin", "logistics", "producer")
-STAFF = ("admin", "logistics")
+WRITERS: tuple[Role, ...] = ("admin", "logistics", "producer")
+STAFF: tuple[Role, ...] = ("admin", "logistics")
 MAX_LIMIT = 1000
 # A read-modify-write that lost to another writer is redone this many times before 409.
 SAVE_ATTEMPTS = 3

@@ -59,12 +59,12 @@ log = logging.getLogger(__name__)
 
 CONFIG = web.AppKey("config", Config)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
-STORE = web.AppKey("store", Store)  # type: ignore[type-abstract]
+STORE = web.AppKey("store", Store)
 INGESTER = web.AppKey("ingester", Ingester)
 STARTED_AT = web.AppKey("started_at", float)
 STREAM_HUB = web.AppKey("stream_hub", StreamHub)
 WHEP = web.AppKey("whep", WhepService)
-STREAMS = web.AppKey("streams", StreamRepository)  # type: ignore[type-abstract]
+STREAMS = web.AppKey("streams", StreamRepository)
 AUTH = web.AppKey("auth", Authenticator)
 ACCOUNTS = web.AppKey("accounts", AccountService)
 WHIP = web.AppKey("whip", WhipEndpoints)

@@ -239,7 +239,7 @@ class Authenticator:
         request."""
         cached = request.get(_PRINCIPAL)
         if cached is not None:
-            return None if cached is _ANONYMOUS else cached  # type: ignore[return-value]
+            return None if cached is _ANONYMOUS else cached
         found = await self._resolve(request)
         request[_PRINCIPAL] = found if found is not None else _ANONYMOUS
         return found

@@ -343,10 +343,10 @@ class ShipmentEvidence:
         if row.tree_size > size:
             return None
         store = self._store()
-        log: EvidenceLog = store.evidence  # type: ignore[attr-defined]
+        log: EvidenceLog = store.evidence
 
         def prove() -> list[bytes]:
-            with store.evidence_connection() as conn:  # type: ignore[attr-defined]
+            with store.evidence_connection() as conn:
                 return log.consistency_proof(conn, row.tree_size, size)
 
         proof = await asyncio.to_thread(prove)
@@ -365,7 +365,7 @@ class ShipmentEvidence:
         self, evidence: EvidenceAccess, shipment: Shipment, report: ShipmentReport, files: Sequence[Any]
     ) -> dict[str, Any]:
         store = self._store()
-        log: EvidenceLog = store.evidence  # type: ignore[attr-defined]
+        log: EvidenceLog = store.evidence
         # Each audit row keeps the index of its alert_event leaf: a direct lookup, where
         # scanning the log from the shipment's opening would read every leaf since.
         alert_leaves = sorted(
@@ -377,7 +377,7 @@ class ShipmentEvidence:
             leaves: dict[int, bytes] = {}
             spans: dict[int, tuple[str, int, int]] = {}  # readings batch -> device, first, last
             devices: list[dict[str, Any]] = []
-            with store.evidence_connection() as conn:  # type: ignore[attr-defined]
+            with store.evidence_connection() as conn:
                 for i, (device, start, end) in enumerate(windows, start=1):
                     picked = batches_over(log.device_leaves(conn, device), start, end)
                     for leaf in picked:
@@ -404,7 +404,7 @@ class ShipmentEvidence:
             checkpoint = await evidence.checkpoint(force=True)
 
         def prove_and_read() -> tuple[bytes, dict[int, bytes]]:
-            with store.evidence_connection() as conn:  # type: ignore[attr-defined]
+            with store.evidence_connection() as conn:
                 proof = log.multi_inclusion_proof(conn, leaves, checkpoint.size) if leaves else []
             records: dict[int, bytes] = {}
             for index, (device, first, last) in spans.items():
@@ -473,7 +473,7 @@ def fingerprint(store: Store, shipment: Shipment, as_of: datetime, files: Sequen
         days = store.history(seg.device_id, seg.start, end, timedelta(days=1))
         h.update(repr([(b.start, b.count, b.min_c, b.max_c, b.mean_c) for b in days]).encode())
         h.update(repr(store.leaves_covering(seg.device_id, ts_us(seg.start), ts_us(end))).encode())
-        h.update(repr(store.alerts_overlapping(seg.device_id, seg.start, end)).encode())  # type: ignore[attr-defined]
+        h.update(repr(store.alerts_overlapping(seg.device_id, seg.start, end)).encode())
     h.update(repr(list(files)).encode())
     h.update(repr(find_profile(store, shipment.profile_id)).encode())
     return h.digest()

@@ -19,7 +19,7 @@ from web.config import Config
 DEFAULT_KEY_FILE = "origincast-log.key"
 
 
-def add_keys_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_keys_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("keys", help="the evidence log's signing key: init, show")
     keys = p.add_subparsers(dest="keys_command", required=True)
     a = keys.add_parser("init", help="make the signing key file (once; never overwritten)")

@@ -25,7 +25,7 @@ EXIT_VERIFIED, EXIT_MISMATCH, EXIT_UNREADABLE = 0, 1, 2
 MAX_BUNDLE_BYTES = 1024**3  # a guard against a wrong file, far above any bundle's cap
 
 
-def add_verify_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_verify_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "verify",
         help="check a shipment's evidence bundle offline (downloaded from its trust page)",

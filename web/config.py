@@ -9,11 +9,13 @@ environment themselves.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 
 from stream.settings import IceServer, StreamSettings
@@ -25,6 +27,10 @@ from web.tsa import TsaSettings
 
 class ConfigError(ValueError):
     """A configuration value is missing or wrong; the message says which and why."""
+
+
+T = TypeVar("T")
+_Values = Mapping[tuple[str, str], object]
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,18 +190,25 @@ def _coerce(name: str, kind: type, value: object) -> object:
         if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
             raise ConfigError(f"{name}: expected a list of text or comma-separated text, got {value!r}")
         return tuple(i.strip() for i in items if i.strip())
+    # Text (the environment, TOML strings) or a TOML number; a TOML table, array or date
+    # is none. A bool is an int to Python but no whole number here.
     if kind is int:
-        if isinstance(value, bool):
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
             raise ConfigError(f"{name}: expected a whole number, got {value!r}")
         try:
-            return int(value)  # type: ignore[call-overload]
-        except (TypeError, ValueError):
+            return int(value)
+        except (ValueError, OverflowError):  # OverflowError: TOML's inf
             raise ConfigError(f"{name}: expected a whole number, got {value!r}") from None
     if kind is float:
+        if not isinstance(value, str | int | float):
+            raise ConfigError(f"{name}: expected a number, got {value!r}")
         try:
-            return float(value)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
+            number = float(value)
+        except ValueError:
             raise ConfigError(f"{name}: expected a number, got {value!r}") from None
+        if not math.isfinite(number):  # no setting of ours means nan or an infinity
+            raise ConfigError(f"{name}: expected a finite number, got {value!r}")
+        return number
     if not isinstance(value, str):
         raise ConfigError(f"{name}: expected text, got {value!r}")
     return value
@@ -216,6 +229,26 @@ def _raw_values(toml: Mapping[str, object], env: Mapping[str, str]) -> dict[tupl
         if name in env:
             values[(section, key)] = _coerce(name, kind, env[name])
     return values
+
+
+# The values are already of their _SCHEMA type (defaults as written, the rest through
+# _coerce): these read them back typed. A mismatch is a bug in _SCHEMA, not bad input.
+def _typed(v: _Values, section: str, key: str, kind: type[T]) -> T:
+    value = v[(section, key)]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise TypeError(f"{section}.{key}: {value!r} is not {kind.__name__} as _SCHEMA says")
+    return value
+
+
+def _number(v: _Values, section: str, key: str) -> float:
+    kind = _SCHEMA[(section, key)][0]
+    if kind is int:
+        return _typed(v, section, key, int)
+    return _typed(v, section, key, float)
+
+
+def _texts(v: _Values, section: str, key: str) -> tuple[str, ...]:
+    return tuple(str(i) for i in _typed(v, section, key, tuple))
 
 
 def parse_mqtt_url(url: str, name: str = "ORIGINCAST_MQTT_URL") -> MqttSettings:
@@ -272,7 +305,7 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
     v = {k: d for k, (_t, d) in _SCHEMA.items()} | _raw_values(toml, env)
 
     def positive(section: str, key: str) -> None:
-        if v[(section, key)] <= 0:  # type: ignore[operator]
+        if _number(v, section, key) <= 0:
             raise ConfigError(f"{_env_name(section, key)}: must be greater than 0, got {v[(section, key)]!r}")
 
     for sk in [
@@ -288,9 +321,9 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
         ("evidence", "batch_max_readings"),
     ]:
         positive(*sk)
-    if not 1 <= v[("http", "port")] <= 65535:  # type: ignore[operator]
+    if not 1 <= _typed(v, "http", "port", int) <= 65535:
         raise ConfigError(f"{_env_name('http', 'port')}: must be 1..65535, got {v[('http', 'port')]!r}")
-    if v[("ingest", "receive_maximum")] > 65535:  # type: ignore[operator]
+    if _typed(v, "ingest", "receive_maximum", int) > 65535:
         raise ConfigError("ORIGINCAST_INGEST_RECEIVE_MAXIMUM: MQTT allows at most 65535")
     protocol = str(v[("mqtt", "protocol")])
     if protocol not in ("5", "3.1.1"):
@@ -302,22 +335,22 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
     mqtt = replace(mqtt, protocol=protocol)
     limits = replace(
         PayloadLimits(),
-        max_payload_bytes=v[("ingest", "max_payload_bytes")],
-        max_future_s=v[("ingest", "max_future_s")],
+        max_payload_bytes=_typed(v, "ingest", "max_payload_bytes", int),
+        max_future_s=_typed(v, "ingest", "max_future_s", float),
     )
     ingest = IngestSettings(
         mqtt=mqtt,
         client_id=str(v[("ingest", "client_id")]),
         shared_group=str(v[("ingest", "shared_group")]) or None,
-        batch_max_rows=int(v[("ingest", "batch_max_rows")]),  # type: ignore[call-overload]
-        batch_max_delay_s=int(v[("ingest", "batch_max_delay_ms")]) / 1000.0,  # type: ignore[call-overload]
-        batch_max_bytes=int(v[("ingest", "batch_max_bytes")]),  # type: ignore[call-overload]
-        receive_maximum=int(v[("ingest", "receive_maximum")]),  # type: ignore[call-overload]
+        batch_max_rows=_typed(v, "ingest", "batch_max_rows", int),
+        batch_max_delay_s=_typed(v, "ingest", "batch_max_delay_ms", int) / 1000.0,
+        batch_max_bytes=_typed(v, "ingest", "batch_max_bytes", int),
+        receive_maximum=_typed(v, "ingest", "receive_maximum", int),
         limits=limits,
     )
     try:
         webhooks = WebhookSettings(
-            urls=tuple(v[("alerts", "webhooks")]),  # type: ignore[call-overload]
+            urls=_texts(v, "alerts", "webhooks"),
             secret=str(v[("alerts", "webhook_secret")]) or None,
         )
     except ValueError as exc:
@@ -328,7 +361,7 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
         http=check_tls_files(
             HttpSettings(
                 host=str(v[("http", "host")]),
-                port=int(v[("http", "port")]),  # type: ignore[call-overload]
+                port=_typed(v, "http", "port", int),
                 certfile=str(v[("http", "certfile")]) or None,
                 keyfile=str(v[("http", "keyfile")]) or None,
                 public_url=_public_url(str(v[("http", "public_url")])),
@@ -338,10 +371,10 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
         files=_files_settings(v),
         storage=StorageSettings(
             url=db_url,
-            retention_days=int(v[("database", "retention_days")]),  # type: ignore[call-overload]
-            chunk_interval_hours=int(v[("database", "chunk_interval_hours")]),  # type: ignore[call-overload]
-            evidence_batch_max_span_s=float(v[("evidence", "batch_max_span_s")]),  # type: ignore[arg-type]
-            evidence_batch_max_readings=int(v[("evidence", "batch_max_readings")]),  # type: ignore[call-overload]
+            retention_days=_typed(v, "database", "retention_days", int),
+            chunk_interval_hours=_typed(v, "database", "chunk_interval_hours", int),
+            evidence_batch_max_span_s=_typed(v, "evidence", "batch_max_span_s", float),
+            evidence_batch_max_readings=_typed(v, "evidence", "batch_max_readings", int),
         ),
         ingest=ingest,
         mqtt_url=mqtt_url,
@@ -356,7 +389,7 @@ def load_config(path: str | os.PathLike[str] | None = None, env: Mapping[str, st
     )
 
 
-def _tsa_settings(v: Mapping[tuple[str, str], object]) -> TsaSettings:
+def _tsa_settings(v: _Values) -> TsaSettings:
     url = str(v[("evidence", "tsa_url")]).strip()
     if url:
         parsed = urlsplit(url)
@@ -369,8 +402,8 @@ def _tsa_settings(v: Mapping[tuple[str, str], object]) -> TsaSettings:
     )
 
 
-def _positive_float(v: Mapping[tuple[str, str], object], section: str, key: str) -> float:
-    value = float(v[(section, key)])  # type: ignore[arg-type]
+def _positive_float(v: _Values, section: str, key: str) -> float:
+    value = _typed(v, section, key, float)
     if not value > 0:
         raise ConfigError(f"{_env_name(section, key)}: must be greater than 0, got {value!r}")
     return value
@@ -387,8 +420,8 @@ def _public_url(value: str) -> str | None:
     return value.rstrip("/")
 
 
-def _files_settings(v: Mapping[tuple[str, str], object]) -> FilesSettings:
-    max_bytes = int(v[("files", "max_bytes")])  # type: ignore[call-overload]
+def _files_settings(v: _Values) -> FilesSettings:
+    max_bytes = _typed(v, "files", "max_bytes", int)
     if not 1024 <= max_bytes <= 1024**3:
         raise ConfigError(f"ORIGINCAST_FILES_MAX_BYTES: expected 1 KiB to 1 GiB, got {max_bytes}")
     directory = str(v[("files", "dir")]).strip()
@@ -428,9 +461,9 @@ def _secret_key(key: str) -> str | None:
     return key
 
 
-def _auth_settings(v: Mapping[tuple[str, str], object]) -> AuthSettings:
+def _auth_settings(v: _Values) -> AuthSettings:
     def get(key: str) -> float:
-        return float(v[("auth", key)])  # type: ignore[arg-type]
+        return _typed(v, "auth", key, float)
 
     for key in ("session_idle_hours", "session_absolute_hours", "failure_max_delay_s"):
         if get(key) <= 0:
@@ -441,8 +474,7 @@ def _auth_settings(v: Mapping[tuple[str, str], object]) -> AuthSettings:
             f" got {get('failure_base_delay_s')!r}"
         )
     t, m, p = (
-        int(v[("auth", k)])  # type: ignore[call-overload]
-        for k in ("argon2_time_cost", "argon2_memory_kib", "argon2_parallelism")
+        _typed(v, "auth", k, int) for k in ("argon2_time_cost", "argon2_memory_kib", "argon2_parallelism")
     )
     if t < 1 or p < 1 or m < 8 * p:
         raise ConfigError(
@@ -462,9 +494,9 @@ def _auth_settings(v: Mapping[tuple[str, str], object]) -> AuthSettings:
     )
 
 
-def _public_rate(v: Mapping[tuple[str, str], object]) -> dict[str, float]:
-    burst = float(v[("http", "public_burst")])  # type: ignore[arg-type]
-    rate = float(v[("http", "public_rate_per_s")])  # type: ignore[arg-type]
+def _public_rate(v: _Values) -> dict[str, float]:
+    burst = _typed(v, "http", "public_burst", float)
+    rate = _typed(v, "http", "public_rate_per_s", float)
     if not burst >= 1:
         raise ConfigError(f"{_env_name('http', 'public_burst')}: must be at least 1, got {burst}")
     if not rate >= 0:
@@ -472,27 +504,30 @@ def _public_rate(v: Mapping[tuple[str, str], object]) -> dict[str, float]:
     return {"public_burst": burst, "public_rate_per_s": rate}
 
 
-def _lockout_after(v: Mapping[tuple[str, str], object]) -> int:
-    n = int(v[("auth", "lockout_after")])  # type: ignore[call-overload]
+def _lockout_after(v: _Values) -> int:
+    n = _typed(v, "auth", "lockout_after", int)
     if n < 1:
         raise ConfigError(f"{_env_name('auth', 'lockout_after')}: must be at least 1, got {n}")
     return n
 
 
-def _stream_settings(v: Mapping[tuple[str, str], object]) -> StreamSettings:
+def _stream_settings(v: _Values) -> StreamSettings:
     def get(key: str) -> object:
         return v[("stream", key)]
 
+    def get_int(key: str) -> int:
+        return _typed(v, "stream", key, int)
+
     for key in ("video_bitrate_bps", "keyframe_interval_s", "viewer_queue_packets", "test_pattern_fps"):
-        if get(key) <= 0:  # type: ignore[operator]
+        if _number(v, "stream", key) <= 0:
             raise ConfigError(f"{_env_name('stream', key)}: must be greater than 0, got {get(key)!r}")
-    width, height = int(get("test_pattern_width")), int(get("test_pattern_height"))  # type: ignore[call-overload]
+    width, height = get_int("test_pattern_width"), get_int("test_pattern_height")
     if width < 160 or height < 90 or width % 2 or height % 2:
         raise ConfigError(
             "ORIGINCAST_STREAM_TEST_PATTERN_WIDTH/HEIGHT: even sizes of at least 160x90,"
             f" got {width}x{height}"
         )
-    hosts = tuple(get("ice_host_addresses"))  # type: ignore[call-overload]
+    hosts = _texts(v, "stream", "ice_host_addresses")
     public = str(get("ice_public_address")) or None
     for name, addr in [("ice_host_addresses", a) for a in hosts] + [("ice_public_address", public)]:
         if addr is None:
@@ -501,7 +536,7 @@ def _stream_settings(v: Mapping[tuple[str, str], object]) -> StreamSettings:
             ipaddress.ip_address(addr)
         except ValueError:
             raise ConfigError(f"{_env_name('stream', name)}: {addr!r} is not an IP address") from None
-    urls = tuple(get("ice_servers"))  # type: ignore[call-overload]
+    urls = _texts(v, "stream", "ice_servers")
     for url in urls:
         if not url.startswith(("stun:", "stuns:", "turn:", "turns:")):
             raise ConfigError(
@@ -518,11 +553,11 @@ def _stream_settings(v: Mapping[tuple[str, str], object]) -> StreamSettings:
         ice_host_addresses=hosts,
         ice_public_address=public,
         ice_servers=servers,
-        video_bitrate_bps=int(get("video_bitrate_bps")),  # type: ignore[call-overload]
-        keyframe_interval_s=float(get("keyframe_interval_s")),  # type: ignore[arg-type]
-        viewer_queue_packets=int(get("viewer_queue_packets")),  # type: ignore[call-overload]
+        video_bitrate_bps=get_int("video_bitrate_bps"),
+        keyframe_interval_s=_typed(v, "stream", "keyframe_interval_s", float),
+        viewer_queue_packets=get_int("viewer_queue_packets"),
         test_pattern_width=width,
         test_pattern_height=height,
-        test_pattern_fps=int(get("test_pattern_fps")),  # type: ignore[call-overload]
+        test_pattern_fps=get_int("test_pattern_fps"),
         fast_sender=bool(get("fast_sender")),
     )

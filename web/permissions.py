@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from urllib.parse import quote
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from web.accounts import Role
 from web.auth import Authenticator
@@ -159,9 +160,7 @@ def route_path(request: web.Request) -> str | None:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def permissions_middleware(
-    auth: Authenticator,
-) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def permissions_middleware(auth: Authenticator) -> Middleware:
     @web.middleware
     async def enforce(request: web.Request, handler: Handler) -> web.StreamResponse:
         path = route_path(request)

@@ -37,7 +37,7 @@ def evidence_of(app: web.Application) -> EvidenceAccess | None:
     service = app.get(EVIDENCE)
     if service is None or service.vkey is None:
         return None
-    return service  # type: ignore[return-value]
+    return service
 
 
 class TrustApi:

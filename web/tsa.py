@@ -150,7 +150,7 @@ class TimestampStore:
 
     def request(self, cp: SignedCheckpoint, key_name: str, key_id: int, tsa_url: str, at: datetime) -> None:
         """A pending request for this checkpoint (none if there is already a row)."""
-        with self._store().evidence_transaction() as conn:  # type: ignore[attr-defined]
+        with self._store().evidence_transaction() as conn:
             lite = isinstance(conn, sqlite3.Connection)
             p = "?" if lite else "%s"
             conn.execute(
@@ -160,7 +160,7 @@ class TimestampStore:
             )
 
     def pending(self, key_name: str, key_id: int, limit: int = PENDING_BATCH) -> list[StoredTimestamp]:
-        with self._store().evidence_connection() as conn:  # type: ignore[attr-defined]
+        with self._store().evidence_connection() as conn:
             lite = isinstance(conn, sqlite3.Connection)
             p = "?" if lite else "%s"
             rows = conn.execute(
@@ -179,7 +179,7 @@ class TimestampStore:
         self._update(row, "attempts = attempts + 1, last_error = {p}", (error[:1000],))
 
     def _update(self, row: StoredTimestamp, assignments: str, values: tuple[Any, ...]) -> None:
-        with self._store().evidence_transaction() as conn:  # type: ignore[attr-defined]
+        with self._store().evidence_transaction() as conn:
             lite = isinstance(conn, sqlite3.Connection)
             p = "?" if lite else "%s"
             converted = tuple(_when(v, lite) if isinstance(v, datetime) else v for v in values)
@@ -192,7 +192,7 @@ class TimestampStore:
     def covering(self, key_name: str, key_id: int, leaf: int) -> StoredTimestamp | None:
         """The first checkpoint (of this key) sent for timestamping that includes leaf
         ``leaf``: the answered one if any is answered, else the oldest pending one."""
-        with self._store().evidence_connection() as conn:  # type: ignore[attr-defined]
+        with self._store().evidence_connection() as conn:
             lite = isinstance(conn, sqlite3.Connection)
             p = "?" if lite else "%s"
             rows = conn.execute(

@@ -16,7 +16,7 @@ import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from itertools import pairwise
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Literal, Protocol, overload
 
 import rfc8785
 
@@ -202,6 +202,10 @@ def _text(name: str, value: object, *, optional: bool = False, max_len: int = 40
     return value
 
 
+@overload
+def _int(name: str, value: object, *, optional: Literal[False] = False, minimum: int = 0) -> int: ...
+@overload
+def _int(name: str, value: object, *, optional: bool, minimum: int = 0) -> int | None: ...
 def _int(name: str, value: object, *, optional: bool = False, minimum: int = 0) -> int | None:
     if value is None and optional:
         return None

@@ -16,6 +16,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool
 
 from telemetry.alerts.lifecycle import Alert
+from telemetry.evidence.log import EvidenceLog
 from telemetry.readings import Reading
 from telemetry.storage.alerts import (
     ACTIVE,
@@ -73,7 +74,10 @@ def _record(row: Sequence[Any], audit: tuple[AuditRecord, ...] = ()) -> AlertRec
 
 
 class PostgresAlertStore:
+    # Provided by PostgresStore: the query pool, and the log that alert_event leaves are
+    # appended to in the alert's own transaction.
     _pool: ConnectionPool | None
+    _evidence: EvidenceLog
 
     def _alert_tx(self, fn: Callable[[psycopg.Connection], T]) -> T:
         if self._pool is None:

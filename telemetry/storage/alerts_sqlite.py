@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from telemetry.alerts.lifecycle import Alert
+from telemetry.evidence.log import EvidenceLog
 from telemetry.readings import Reading
 from telemetry.storage.alerts import (
     ACTIVE,
@@ -93,9 +94,13 @@ def _record(row: Sequence[Any], audit: tuple[AuditRecord, ...] = ()) -> AlertRec
 
 
 class SqliteAlertStore:
+    # Provided by SqliteStore: its lock and connection, and the log that alert_event
+    # leaves are appended to in the alert's own transaction.
     _lock: threading.Lock
+    _evidence: EvidenceLog
 
-    def _connection(self) -> sqlite3.Connection: ...  # provided by SqliteStore
+    def _connection(self) -> sqlite3.Connection:  # pragma: no cover
+        raise NotImplementedError
 
     def _alert_read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         with self._lock:

@@ -80,6 +80,12 @@ class BatchSql:
             out.update(r[0] for r in cur.fetchall())
         return sorted(out)
 
+    def open_batches(
+        self, conn: Any, owner: str, slots: Sequence[tuple[str, int]], span_us: int
+    ) -> list[int]:  # pragma: no cover
+        """New open batches of ``owner``, one per (device, anchor µs) slot: their ids, in order."""
+        raise NotImplementedError
+
     def gone(self, conn: Any, owners: Sequence[str]) -> list[str]:  # pragma: no cover
         """The owners that can add no more rows, held so until the transaction ends."""
         raise NotImplementedError

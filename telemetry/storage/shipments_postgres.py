@@ -101,7 +101,7 @@ class PostgresShipmentStore:
     _alert_tx: Callable[[Callable[[psycopg.Connection], Any]], Any]
     # Provided by PostgresStore: its shipment_opened / shipment_closed leaves are appended
     # in the shipment's own transaction, so a shipment never exists without its leaf.
-    evidence: EvidenceLog
+    _evidence: EvidenceLog
 
     def create_shipment(self, shipment: Shipment) -> Shipment:
         s = shipment
@@ -127,7 +127,7 @@ class PostgresShipmentStore:
             except errors.UniqueViolation:
                 raise ShipmentConflict(f"shipment id {s.id!r} is taken") from None
             _write_children(conn, s)
-            (leaf,) = self.evidence.append(conn, [opened])
+            (leaf,) = self._evidence.append(conn, [opened])
             conn.execute("UPDATE shipments SET opened_leaf = %s WHERE id = %s", (leaf, s.id))
             rows = conn.execute(f"SELECT {SHIPMENT_SELECT} FROM shipments WHERE id = %s", (s.id,)).fetchall()
             return _load(conn, rows)
@@ -147,7 +147,8 @@ class PostgresShipmentStore:
     def list_shipments(
         self, *, state: str | None = None, origin_site: str | None = None, limit: int = 100
     ) -> list[Shipment]:
-        where, params = [], []
+        where: list[str] = []
+        params: list[str | int] = []
         if state is not None:
             where.append("state = %s")
             params.append(state)
@@ -158,7 +159,7 @@ class PostgresShipmentStore:
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY opened_at DESC, id LIMIT %s"
-        params.append(limit)  # type: ignore[arg-type]
+        params.append(limit)
         return self._alert_tx(lambda c: _load(c, c.execute(sql, params).fetchall()))
 
     def save_shipment(self, shipment: Shipment) -> Shipment:
@@ -189,7 +190,7 @@ class PostgresShipmentStore:
                 )
             _write_children(conn, s)
             if closing is not None:
-                (leaf,) = self.evidence.append(conn, [closing])
+                (leaf,) = self._evidence.append(conn, [closing])
                 conn.execute("UPDATE shipments SET closed_leaf = %s WHERE id = %s", (leaf, s.id))
             rows = conn.execute(f"SELECT {SHIPMENT_SELECT} FROM shipments WHERE id = %s", (s.id,)).fetchall()
             return _load(conn, rows)

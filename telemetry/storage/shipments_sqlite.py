@@ -56,7 +56,7 @@ class SqliteShipmentStore:
     _alert_tx: Callable[[Callable[[sqlite3.Connection], Any]], Any]
     _alert_read: Callable[[Callable[[sqlite3.Connection], Any]], Any]
     # Provided by SqliteStore: shipment leaves are appended in the shipment's transaction.
-    evidence: EvidenceLog
+    _evidence: EvidenceLog
 
     def _load(self, conn: sqlite3.Connection, rows: Sequence[Sequence[Any]]) -> list[Shipment]:
         out = []
@@ -118,7 +118,7 @@ class SqliteShipmentStore:
             except sqlite3.IntegrityError:
                 raise ShipmentConflict(f"shipment id {s.id!r} is taken") from None
             _write_children(conn, s)
-            (leaf,) = self.evidence.append(conn, [opened])
+            (leaf,) = self._evidence.append(conn, [opened])
             conn.execute("UPDATE shipments SET opened_leaf = ? WHERE id = ?", (leaf, s.id))
 
         self._alert_tx(write)
@@ -137,7 +137,8 @@ class SqliteShipmentStore:
     def list_shipments(
         self, *, state: str | None = None, origin_site: str | None = None, limit: int = 100
     ) -> list[Shipment]:
-        where, params = [], []
+        where: list[str] = []
+        params: list[str | int] = []
         if state is not None:
             where.append("state = ?")
             params.append(state)
@@ -185,7 +186,7 @@ class SqliteShipmentStore:
                 )
             _write_children(conn, s)
             if closing is not None:
-                (leaf,) = self.evidence.append(conn, [closing])
+                (leaf,) = self._evidence.append(conn, [closing])
                 conn.execute("UPDATE shipments SET closed_leaf = ? WHERE id = ?", (leaf, s.id))
 
         self._alert_tx(write)

@@ -13,10 +13,10 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from telemetry.evidence.log import EvidenceLog
 from telemetry.evidence.storage import SqliteEvidenceStorage
@@ -296,8 +296,10 @@ class SqliteStore(SqliteAlertStore, SqliteShipmentStore, SealingStore):
             inserted = 0
             for r in readings:
                 door = None if r.door_open is None else int(r.door_open)
-                row = (r.device_id, to_us(r.ts), r.temp_c, r.rh, r.battery_v, door, r.seq, received_at, None)
-                inserted += conn.execute(_INSERT_READING, row).rowcount
+                unbatched = (
+                    r.device_id, to_us(r.ts), r.temp_c, r.rh, r.battery_v, door, r.seq, received_at, None
+                )
+                inserted += conn.execute(_INSERT_READING, unbatched).rowcount
             return inserted, None, None
         plan = self._batches.plan(readings)
         ids, slots, span = plan.batch_ids, plan.slots, self._batches.limits.max_span_us
@@ -349,7 +351,7 @@ class SqliteStore(SqliteAlertStore, SqliteShipmentStore, SealingStore):
 
     # -- queries -----------------------------------------------------------------------
 
-    def _query(self, sql: str, params: Sequence = ()) -> list[tuple]:
+    def _query(self, sql: str, params: Sequence[Any] | Mapping[str, Any] = ()) -> list[tuple]:
         with self._lock:
             try:
                 return self._connection().execute(sql, params).fetchall()

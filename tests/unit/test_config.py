@@ -79,6 +79,15 @@ def test_bad_values_are_named(env, message):
         load_config(env=env)
 
 
+def test_infinite_and_nan_numbers_are_named(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text("[http]\nport = inf\n")
+    with pytest.raises(ConfigError, match="expected a whole number, got inf"):
+        load_config(path=f, env={})
+    with pytest.raises(ConfigError, match="ORIGINCAST_HTTP_PUBLIC_RATE_PER_S: expected a finite number"):
+        load_config(env={"ORIGINCAST_HTTP_PUBLIC_RATE_PER_S": "nan"})
+
+
 def test_bad_toml_file(tmp_path):
     f = tmp_path / "bad.toml"
     f.write_text("[ingest\n")
