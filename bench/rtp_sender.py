@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Relay CPU per RTP packet per viewer of the fast WHEP sender: the current one against a
-baseline revision of ``stream/rtp/sender.py``, in the same run, as a ratio.
+baseline revision of ``stream/rtp/sender.py`` and ``packetizer.py``, in the same run, as a ratio.
 
     .venv/bin/python bench/rtp_sender.py                     # 50 viewers, 3 rounds of 10 s each
     .venv/bin/python bench/rtp_sender.py --viewers 20 --rounds 5 --srtp cm80
@@ -54,11 +54,11 @@ from aiortc.rtcrtpparameters import (  # noqa: E402
 )
 from pylibsrtp import Policy, Session  # noqa: E402
 
+import stream.rtp.packetizer as current_packetizer  # noqa: E402
 import stream.rtp.sender as current_sender  # noqa: E402
 from stream.encoder import EncoderSettings, H264Encoder  # noqa: E402
 from stream.fanout import LiveStream  # noqa: E402
 from stream.packets import MediaPacket  # noqa: E402
-from stream.rtp.packetizer import PayloadCache  # noqa: E402
 from stream.settings import StreamSettings  # noqa: E402
 from stream.sources.testpattern import _Painter  # noqa: E402
 from stream.whep import VideoFeedTrack  # noqa: E402
@@ -79,6 +79,13 @@ SRTP_PROFILES = {
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def thread_ticks() -> tuple[float, float]:
+    """This thread's user and system CPU seconds (10 ms ticks: read them over seconds)."""
+    rest = Path("/proc/thread-self/stat").read_text().rpartition(")")[2].split()
+    tck = os.sysconf("SC_CLK_TCK")
+    return int(rest[11]) / tck, int(rest[12]) / tck
 
 
 def loadavg() -> str:
@@ -151,17 +158,37 @@ class Receiver:
 # -- senders ------------------------------------------------------------------------------
 
 
-def load_baseline(rev: str) -> types.ModuleType:
-    source = subprocess.run(
-        ["git", "-C", str(REPO), "show", f"{rev}:stream/rtp/sender.py"],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    module = types.ModuleType(f"baseline_sender_{rev}")
-    module.__file__ = f"<git {rev}:stream/rtp/sender.py>"
-    exec(compile(source, module.__file__, "exec"), module.__dict__)
+def _module_from_git(rev: str, path: str) -> types.ModuleType:
+    """``path`` as of git revision ``rev`` or, if ``rev`` is a directory, the file of that
+    name in it (a variant committed nowhere, e.g. to measure one change of several)."""
+    if Path(rev).is_dir():
+        origin = str(Path(rev) / Path(path).name)
+        source = Path(origin).read_text()
+    else:
+        origin = f"<git {rev}:{path}>"
+        source = subprocess.run(
+            ["git", "-C", str(REPO), "show", f"{rev}:{path}"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    module = types.ModuleType(f"baseline_{Path(path).stem}")
+    module.__file__ = origin
+    exec(compile(source, origin, "exec"), module.__dict__)
     return module
+
+
+def load_baseline(rev: str) -> types.SimpleNamespace:
+    """``stream/rtp/sender.py`` and the ``packetizer.py`` it imports, both as of ``rev``
+    (the packetizer decides the datagram sizes, and so how many GSO calls a frame takes)."""
+    packetizer = _module_from_git(rev, "stream/rtp/packetizer.py")
+    current = sys.modules["stream.rtp.packetizer"]
+    sys.modules["stream.rtp.packetizer"] = packetizer  # what the baseline sender imports
+    try:
+        sender = _module_from_git(rev, "stream/rtp/sender.py")
+    finally:
+        sys.modules["stream.rtp.packetizer"] = current
+    return types.SimpleNamespace(sender=sender, packetizer=packetizer)
 
 
 class _Protocol(asyncio.DatagramProtocol):
@@ -189,7 +216,7 @@ class FakeDtls:
 
 
 async def make_viewer(
-    module: types.ModuleType, live: LiveStream, cache: PayloadCache, port: int, srtp: str
+    module: types.ModuleType, live: LiveStream, cache: Any, port: int, srtp: str
 ) -> tuple[Any, FakeDtls, asyncio.DatagramTransport, asyncio.Task[None]]:
     loop = asyncio.get_running_loop()
     transport, _ = await loop.create_datagram_endpoint(_Protocol, local_addr=("127.0.0.1", 0))
@@ -243,36 +270,39 @@ def retimed(frames: list[MediaPacket], base_pts: int) -> list[MediaPacket]:
 
 
 async def run_block(
-    module: types.ModuleType | None,
+    variant: types.SimpleNamespace | None,
     viewers: int,
     frames: list[MediaPacket],
     receiver: Receiver,
     interval: float,
     srtp: str,
 ) -> dict[str, float]:
-    """Publish the frames to ``viewers`` senders of ``module`` (None: no viewers); CPU and
-    datagrams of the block."""
+    """Publish the frames to ``viewers`` senders of ``variant`` (its sender and packetizer
+    modules; None: no viewers); CPU and datagrams of the block."""
     live = LiveStream("bench", StreamSettings())
-    cache = PayloadCache()
-    made = (
-        []
-        if module is None
-        else [await make_viewer(module, live, cache, port, srtp) for port in receiver.ports[:viewers]]
-    )
+    made = []
+    if variant is not None:
+        cache = variant.packetizer.PayloadCache()
+        made = [
+            await make_viewer(variant.sender, live, cache, port, srtp) for port in receiver.ports[:viewers]
+        ]
     await asyncio.sleep(0.05)  # every sender's task waits on its feed (activated)
     before = receiver.count()
     loop = asyncio.get_running_loop()
     start_wall = loop.time()
     cpu0 = time.thread_time()
+    ticks0 = thread_ticks()
     for i, pkt in enumerate(frames):
         live.publish(pkt)
         # Sleep to the frame's due time: the senders run in this loop meanwhile.
         await asyncio.sleep(max(0.0, start_wall + (i + 1) * interval - loop.time()))
     await asyncio.sleep(0)
     cpu = time.thread_time() - cpu0
+    user, system = (b - a for a, b in zip(ticks0, thread_ticks(), strict=True))
     wall = loop.time() - start_wall
     sent = sum(d.tx_packets for _, d, _, _ in made)
     gso = sum(getattr(s, "gso_calls", 0) for s, _, _, _ in made)
+    lone = sum(getattr(s, "sendto_calls", 0) for s, _, _, _ in made)
     await asyncio.sleep(0.2)
     received = receiver.count() - before
     live.close()
@@ -280,14 +310,25 @@ async def run_block(
         task.cancel()
         transport.close()
     await asyncio.gather(*(t for *_, t in made), return_exceptions=True)
-    return {"cpu_s": cpu, "wall_s": wall, "datagrams": sent, "received": received, "gso_calls": gso}
+    return {
+        "cpu_s": cpu,
+        "user_s": user,
+        "sys_s": system,
+        "wall_s": wall,
+        "datagrams": sent,
+        "received": received,
+        "gso_calls": gso,
+        # A baseline without the counter (older senders) reports None.
+        "send_calls": gso + lone if made and hasattr(made[0][0], "sendto_calls") else None,
+    }
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     baseline = load_baseline(args.baseline_rev)
+    current = types.SimpleNamespace(sender=current_sender, packetizer=current_packetizer)
     log(f"encoding {args.frames} frames of the test pattern (1280×720, 1.5 Mbps) …")
     frames = encode_frames(args.frames, 30)
-    pkts = PayloadCache()
+    pkts = current_packetizer.PayloadCache()
     per_frame = statistics.mean(len(pkts.get(f).payloads) for f in frames)
     log(f"{per_frame:.2f} RTP packets per frame; {args.viewers} viewers, {args.rounds} rounds")
     receiver = Receiver(args.viewers)
@@ -296,27 +337,28 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     pts = 0
     try:
         # Warm-up (imports, allocator pools, the kernel's socket buffers).
-        await run_block(
-            current_sender, args.viewers, retimed(frames[:30], pts), receiver, interval, args.srtp
-        )
+        await run_block(current, args.viewers, retimed(frames[:30], pts), receiver, interval, args.srtp)
         pts += 30 * 3000
         for r in range(args.rounds):
-            order = [("baseline", baseline), ("current", current_sender)]
+            order = [("baseline", baseline), ("current", current)]
             if r % 2:
                 order.reverse()
             row: dict[str, Any] = {"round": r + 1, "loadavg": loadavg()}
             idle = await run_block(None, 0, retimed(frames, pts), receiver, interval, args.srtp)
             pts += len(frames) * 3000
             row["idle_cpu_s"] = idle["cpu_s"]
-            for name, module in order:
+            for name, variant in order:
                 res = await run_block(
-                    module, args.viewers, retimed(frames, pts), receiver, interval, args.srtp
+                    variant, args.viewers, retimed(frames, pts), receiver, interval, args.srtp
                 )
                 pts += len(frames) * 3000
                 us = (res["cpu_s"] - idle["cpu_s"]) / max(1, res["datagrams"]) * 1e6
+                n = max(1, res["datagrams"])
                 row[name] = {
                     **res,
                     "us_per_packet_per_viewer": round(us, 3),
+                    "user_us_per_packet": round((res["user_s"] - idle["user_s"]) / n * 1e6, 2),
+                    "sys_us_per_packet": round((res["sys_s"] - idle["sys_s"]) / n * 1e6, 2),
                     "lost": int(res["datagrams"] - res["received"]),
                 }
             row["ratio"] = round(
@@ -326,10 +368,13 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             b, c = row["baseline"], row["current"]
             print(
                 f"round {r + 1}: baseline {b['us_per_packet_per_viewer']:.2f} µs/packet/viewer"
-                f" ({b['datagrams']} datagrams, {b['gso_calls']} GSO calls, lost {b['lost']}),"
-                f" current {c['us_per_packet_per_viewer']:.2f} ({c['datagrams']}, {c['gso_calls']} GSO,"
-                f" lost {c['lost']}), ratio {row['ratio']:.3f}; idle {idle['cpu_s'] * 1e3:.0f} ms;"
-                f" loadavg {row['loadavg']} → {row['loadavg_after']}",
+                f" (user {b['user_us_per_packet']:.2f} + sys {b['sys_us_per_packet']:.2f};"
+                f" {b['datagrams']} datagrams, {b['gso_calls']} GSO calls of"
+                f" {b['send_calls'] or 'n/a'} sends, lost {b['lost']}),"
+                f" current {c['us_per_packet_per_viewer']:.2f} (user {c['user_us_per_packet']:.2f}"
+                f" + sys {c['sys_us_per_packet']:.2f}; {c['datagrams']}, {c['gso_calls']} GSO of"
+                f" {c['send_calls'] or 'n/a'}, lost {c['lost']}), ratio {row['ratio']:.3f};"
+                f" idle {idle['cpu_s'] * 1e3:.0f} ms; loadavg {row['loadavg']} → {row['loadavg_after']}",
                 flush=True,
             )
             rows.append(row)
@@ -370,7 +415,8 @@ def main() -> None:
     ap.add_argument(
         "--baseline-rev",
         default=DEFAULT_BASELINE_REV,
-        help="git revision of stream/rtp/sender.py to compare with",
+        help="git revision of stream/rtp/sender.py and packetizer.py to compare with, or a directory"
+        " holding the two files",
     )
     ap.add_argument("--receiver", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()

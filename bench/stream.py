@@ -12,9 +12,12 @@ no STUN server), in processes this script starts and stops:
   ``origincast serve --no-ingest`` runs) with the busy test pattern (1280×720, 30 fps,
   1.5 Mbps, encoded once) on one stream;
 - viewers, ``bench/stream_viewer.py``: real aiortc WHEP clients (ICE, DTLS, SRTP, RTCP
-  with NACK/PLI/REMB, aiortc's jitter buffer), ``--per-process`` of them per process,
-  that count complete frames instead of decoding them; one per process (``--sample``)
-  decodes and reads the wall clock written into the picture, for latency;
+  receiver reports, NACK, PLI, REMB), ``--per-process`` of them per process; one per
+  process (``--sample``) takes aiortc's whole receive path, decodes and reads the wall
+  clock written into the picture, for latency; the others take a lean receive path
+  (SRTP unprotect, RTP header, complete-frame count, RTCP statistics, NACK/PLI, no
+  decoding: see that module) so that 50 of them do not starve the relay they measure
+  (``--full-viewers``: aiortc's whole path for all, as before);
 - the naive relay, ``bench/naive_relay.py``: the same painted frames through
   ``aiortc.contrib.media.MediaRelay``, one libx264 encoder per viewer (aiortc's
   ``RTCRtpSender``), measured at a few small viewer counts.
@@ -26,6 +29,8 @@ Figures (each from ``/proc`` or the viewers' own counters; see bench/README.md):
   measured before the viewers join and again after they left, and averaged;
 - delivered fps per viewer over the measurement window (complete frames counted at the
   viewer), time to first frame (POST → the first complete frame's last packet),
+- the viewers' own CPU (their processes, from ``/proc``), and per viewer without the
+  sampled viewers' decoding (which their decoder threads measure themselves),
 - relay-added latency: the arrival of a frame's last packet at a sampled viewer minus
   the moment the relay's source handed that frame to the fan-out (both ``time.time()``
   on this machine; the frame is identified by the clock written in its picture). The
@@ -92,12 +97,14 @@ def note(msg: str) -> None:
 # --- /proc ------------------------------------------------------------------------------
 
 
-def proc_cpu_s(pid: int | None) -> float:
-    """utime + stime of a process (all its threads, dead ones included), in seconds."""
+def proc_cpu_s(pid: int | None, tid: int | None = None) -> float:
+    """utime + stime of a process (all its threads, dead ones included), or of its thread
+    ``tid`` alone, in seconds."""
     if pid is None:
         return 0.0
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
     try:
-        rest = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        rest = Path(path).read_text().rpartition(")")[2].split()
     except OSError:
         return 0.0
     return (int(rest[11]) + int(rest[12])) / CLK_TCK
@@ -126,14 +133,18 @@ def udp_counters() -> dict[str, int]:
 
 
 class Window:
-    """CPU of some processes and of the whole machine between ``start`` and ``stop``."""
+    """CPU of some processes and of the whole machine between ``start`` and ``stop``;
+    ``threads`` (name -> (pid, tid)): single threads of those processes, reported apart
+    (``thread_cores``) and not counted twice."""
 
-    def __init__(self, pids: dict[str, int]) -> None:
+    def __init__(self, pids: dict[str, int], threads: dict[str, tuple[int, int]] | None = None) -> None:
         self.pids = pids
+        self.threads = threads or {}
 
     def start(self) -> Window:
         self._t0 = time.monotonic()
         self._cpu0 = {k: proc_cpu_s(p) for k, p in self.pids.items()}
+        self._thr0 = {k: proc_cpu_s(*t) for k, t in self.threads.items()}
         self._machine0 = machine_busy_s()
         self._udp0 = udp_counters()
         return self
@@ -141,11 +152,13 @@ class Window:
     def stop(self) -> dict[str, Any]:
         dt = time.monotonic() - self._t0
         cpu = {k: (proc_cpu_s(p) - self._cpu0[k]) / dt for k, p in self.pids.items()}
+        thr = {k: (proc_cpu_s(*t) - self._thr0[k]) / dt for k, t in self.threads.items()}
         machine = (machine_busy_s() - self._machine0) / dt
         udp1 = udp_counters()
         return {
             "seconds": dt,
             "cpu_cores": cpu,
+            "thread_cores": thr,
             "machine_busy_cores": machine,
             "other_busy_cores": max(0.0, machine - sum(cpu.values())),
             "udp_rcvbuf_errors": udp1.get("RcvbufErrors", 0) - self._udp0.get("RcvbufErrors", 0),
@@ -321,6 +334,11 @@ def viewer_argv(url: str, *extra: str) -> list[str]:
     return [PYTHON, str(BENCH / "stream_viewer.py"), url, *extra]
 
 
+def full_flag(args: argparse.Namespace) -> list[str]:
+    """Viewers of our relay: lean unless --full-viewers."""
+    return ["--full"] if args.full_viewers else []
+
+
 # --- statistics -------------------------------------------------------------------------
 
 
@@ -364,9 +382,11 @@ def steady_viewers(
     join_rate: float,
     workdir: Path,
     tag: str,
+    extra: Sequence[str] = (),
 ) -> tuple[list[ViewerProc], dict[str, Any]]:
     """Start n viewers in ceil(n / per_process) processes, joining at join_rate per second
-    in all; wait until each has its first frame (or failed)."""
+    in all; wait until each has its first frame (or failed). ``extra``: more options for
+    bench/stream_viewer.py."""
     nproc = max(1, math.ceil(n / per_process))
     sizes = [n // nproc + (1 if i < n % nproc else 0) for i in range(nproc)]
     viewers = []
@@ -377,6 +397,7 @@ def steady_viewers(
             f"--sample={min(sample, size)}",
             f"--join-interval={nproc / join_rate:.4f}",
             f"--start-delay={i / join_rate:.4f}",
+            *extra,
         )
         viewers.append(ViewerProc(procs, argv, workdir / f"viewers-{tag}-{i}.log"))
     ttff: list[float] = []
@@ -428,7 +449,7 @@ def measure_ours(args: argparse.Namespace, procs: Processes, workdir: Path) -> d
     def baseline(tag: str) -> dict[str, Any]:
         src0 = http_json(f"{base}/bench/source")
         t_start = time.time()
-        w = Window({"relay": pid}).start()
+        w = Window({"relay": pid}, {"loop": (pid, pid)}).start()
         time.sleep(args.baseline_s)
         res = w.stop()
         src1 = http_json(f"{base}/bench/source")
@@ -436,6 +457,7 @@ def measure_ours(args: argparse.Namespace, procs: Processes, workdir: Path) -> d
         enc = [(t - ms / 1000) * 1000 for ms, t in pub]
         out = {
             "cpu_pct": 100 * res["cpu_cores"]["relay"],
+            "loop_cpu_pct": 100 * res["thread_cores"]["loop"],
             "rss_mib": proc_rss_mib(pid),
             "machine_busy_cores": res["machine_busy_cores"],
             "other_busy_cores": res["other_busy_cores"],
@@ -459,7 +481,7 @@ def measure_ours(args: argparse.Namespace, procs: Processes, workdir: Path) -> d
     n = args.viewers
     note(f"{n} viewers joining at {args.join_rate:g}/s, {args.per_process} per process")
     viewers, joined = steady_viewers(
-        procs, url, n, args.per_process, args.sample, args.join_rate, workdir, "steady"
+        procs, url, n, args.per_process, args.sample, args.join_rate, workdir, "steady", full_flag(args)
     )
     r["join"] = joined
     note(f"all joined ({len(joined['errors'])} failed); settling {args.settle_s:.0f} s")
@@ -471,7 +493,7 @@ def measure_ours(args: argparse.Namespace, procs: Processes, workdir: Path) -> d
     src0 = http_json(f"{base}/bench/source")
     m0 = mark(viewers)
     t_start = time.time()
-    w = Window({"relay": pid, **vpids}).start()
+    w = Window({"relay": pid, **vpids}, {"loop": (pid, pid)}).start()
     time.sleep(args.window_s)
     res = w.stop()
     m1 = mark(viewers)
@@ -481,7 +503,15 @@ def measure_ours(args: argparse.Namespace, procs: Processes, workdir: Path) -> d
     pub = dict(http_json(f"{base}/bench/publish?since={t_start - 5}")["published"])
     r["window"] = res
     r["cpu_n_pct"] = 100 * res["cpu_cores"]["relay"]
+    r["loop_cpu_n_pct"] = 100 * res["thread_cores"]["loop"]
     r["viewer_procs_cpu_pct"] = 100 * sum(v for k, v in res["cpu_cores"].items() if k != "relay")
+    # The sampled viewers' decoder threads (decoding 720p30 and reading the picture clock).
+    r["viewer_decode_cpu_pct"] = (
+        100 * (sum(m["decode_cpu_s"] for m in m1) - sum(m["decode_cpu_s"] for m in m0)) / res["seconds"]
+    )
+    r["viewer_lean_counters"] = {
+        k: sum(m["lean"][k] for m in m1) - sum(m["lean"][k] for m in m0) for k in m1[0]["lean"]
+    }
     r["source_frames_n"] = src1["frames_sent"] - src0["frames_sent"]
     r["source_skipped_n"] = src1["frames_skipped"] - src0["frames_skipped"]
     r["fps"] = rate_per_viewer(m0, m1)
@@ -571,6 +601,7 @@ def churn(
             "--frames-per-join=5",
             f"--report-every={args.churn_report}",
             "--sample=0",
+            *full_flag(args),
         ),
         workdir / "viewers-churn.log",
     )
@@ -634,7 +665,8 @@ def measure_naive(args: argparse.Namespace, procs: Processes, workdir: Path) -> 
         note(f"naive baseline (painting, no viewer): {out['baseline_cpu_pct']:.1f} % of a core")
         for n in args.naive_viewers:
             wait_quiet(args.quiet_below, args.wait_quiet / 2, [pid])
-            viewers, joined = steady_viewers(procs, url, n, n, 0, 5.0, workdir, f"naive{n}")
+            # aiortc's whole receive path: its REMB estimator steers these encoders' bit rate.
+            viewers, joined = steady_viewers(procs, url, n, n, 0, 5.0, workdir, f"naive{n}", ["--full"])
             try:
                 time.sleep(args.settle_s)
                 m0 = mark(viewers)
@@ -695,6 +727,11 @@ def _function(frame: str) -> str:
 # Checked from the leaf outwards; the first rule that matches a frame names the sample.
 CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
     ("waiting in epoll (idle)", ("EpollSelector.select",)),
+    # Our fast sender (stream/rtp/sender.py), before anything it calls into.
+    ("fast sender: UDP sendto / GSO sendmsg on the pair's socket", ("DatagramRoute.send",)),
+    ("fast sender: frame buffer + SRTP protect in place", ("SrtpFrameBuffer.fill",)),
+    ("fast sender: per-frame Python (route, headers, counters)", ("FastRtpSender._send", "HeaderTemplate")),
+    ("packetize once per stream (ours)", ("stream/rtp/packetizer.py",)),
     ("UDP sendto (socket + asyncio transport)", ("sendto (asyncio/selector_events.py)", "socket.sendto")),
     ("SRTP protect (pylibsrtp)", ("Session.protect", "Session.protect_rtcp", "Session.unprotect")),
     (
@@ -715,6 +752,7 @@ CATEGORIES: list[tuple[str, tuple[str, ...]]] = [
         "H.264 packetize (split + FU-A/STAP-A)",
         ("H264Encoder._packetize", "H264Encoder._split_bitstream", "H264Encoder.pack", "h264.py"),
     ),
+    ("ICE consent checks (STUN)", ("query_consent", "request_received", "aioice/stun.py")),
     (
         "ICE/DTLS transport send path",
         (
@@ -803,6 +841,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--viewers", type=int, help="N viewers of our relay (default 50)")
     ap.add_argument("--per-process", type=int, default=25, help="viewers per viewer process")
     ap.add_argument("--sample", type=int, default=1, help="decoding (latency) viewers per process")
+    ap.add_argument(
+        "--full-viewers",
+        action="store_true",
+        help="non-sampled viewers of our relay take aiortc's whole receive path (as before the lean one)",
+    )
     ap.add_argument("--join-rate", type=float, default=10.0, help="viewer joins per second, all processes")
     ap.add_argument("--bitrate", type=int, default=1_500_000)
     ap.add_argument("--warmup", type=float, default=5.0)
@@ -882,6 +925,11 @@ def report(
     b0, b1 = ours["baseline_before"], ours["baseline_after"]
     base = (b0["cpu_pct"] + b1["cpu_pct"]) / 2
     per_viewer = (ours["cpu_n_pct"] - base) / n
+    # The same from the event-loop thread alone, where all per-viewer work runs: the
+    # source's painting and encoding threads (most of the 0-viewer CPU, and most of its
+    # run-to-run noise on a shared machine) drop out.
+    loop_base = (b0["loop_cpu_pct"] + b1["loop_cpu_pct"]) / 2
+    loop_per_viewer = (ours["loop_cpu_n_pct"] - loop_base) / n
     pps = ours.get("packets_per_s")
     us_per_packet = per_viewer / 100 / pps * 1e6 if pps else None
     fps = ours["fps"]
@@ -901,6 +949,8 @@ def report(
     growth = ch["growth_mib_per_100_joins"] if ch else None
     flat = None if growth is None else growth <= FLAT_MIB_PER_100_JOINS
     w = ours["window"]
+    # What one viewer process spends per viewer, without the sampled viewers' decoding.
+    viewer_pv = (ours["viewer_procs_cpu_pct"] - ours["viewer_decode_cpu_pct"]) / n
 
     met = {
         "cpu_per_viewer": per_viewer <= TARGET_CPU_PCT_PER_VIEWER,
@@ -935,6 +985,11 @@ def report(
         f"  relay CPU: 0 viewers {b0['cpu_pct']:.1f} % before / {b1['cpu_pct']:.1f} % after "
         f"(source thread {b0['source_thread_cpu_pct']:.1f} %),"
         f" {n} viewers {ours['cpu_n_pct']:.1f} % of a core"
+    )
+    log(
+        f"  event-loop thread alone: 0 viewers {b0['loop_cpu_pct']:.1f} % / {b1['loop_cpu_pct']:.1f} %,"
+        f" {n} viewers {ours['loop_cpu_n_pct']:.1f} % -> {loop_per_viewer:.3f} % of a core per viewer"
+        " (the painting and encoding threads left out)"
     )
     log(
         f"  CPU per viewer: {per_viewer:.3f} % of a core  (target <= {TARGET_CPU_PCT_PER_VIEWER} %)  "
@@ -990,6 +1045,15 @@ def report(
             f"{sorted(set(ch['viewers_attached_after_each']))}; join-and-leave TTFF p50 "
             f"{fmt(percentile(ch['ttff'], 50), '.3f')} s, p95 {fmt(percentile(ch['ttff'], 95), '.3f')} s"
         )
+    lc = ours["viewer_lean_counters"]
+    log(
+        f"  viewers ({'aiortc receive path' if args.full_viewers else 'lean receive path'},"
+        f" {ours['join']['processes']} sampled): processes {ours['viewer_procs_cpu_pct']:.1f} % of a core,"
+        f" of which the sampled viewers' decoding {ours['viewer_decode_cpu_pct']:.1f} %;"
+        f" the rest per viewer {viewer_pv:.3f} % of a core; lean viewers in the window: frames incomplete"
+        f" {lc['incomplete']}, NACKs {lc['nacks']}, retransmissions {lc['retransmissions']},"
+        f" PLIs {lc['plis']}, unprotect failures {lc['unprotect_failed']}"
+    )
     log(
         f"  machine: {w['machine_busy_cores']:.2f} cores busy in the window, viewer processes "
         f"{ours['viewer_procs_cpu_pct']:.0f} % of a core, others {w['other_busy_cores']:.2f} cores; "
@@ -1051,6 +1115,10 @@ def report(
         "relay_cpu_pct_0_viewers_after": rnd(b1["cpu_pct"], 2),
         "relay_cpu_pct_n_viewers": rnd(ours["cpu_n_pct"], 2),
         "cpu_pct_per_viewer": rnd(per_viewer, 4),
+        "loop_cpu_pct_0_viewers_before": rnd(b0["loop_cpu_pct"], 2),
+        "loop_cpu_pct_0_viewers_after": rnd(b1["loop_cpu_pct"], 2),
+        "loop_cpu_pct_n_viewers": rnd(ours["loop_cpu_n_pct"], 2),
+        "loop_cpu_pct_per_viewer": rnd(loop_per_viewer, 4),
         "viewers_per_core": rnd(ours_vpc, 1),
         "packets_per_s_per_viewer": rnd(pps, 1),
         "relay_us_per_packet_per_viewer": rnd(us_per_packet, 2),
@@ -1076,6 +1144,10 @@ def report(
         "churn_growth_mib_per_100_joins": rnd(growth, 3),
         "churn_ttff_p95_s": rnd(percentile(ch["ttff"], 95)) if ch else None,
         "viewer_processes_cpu_pct": rnd(ours["viewer_procs_cpu_pct"], 1),
+        "viewer_decode_cpu_pct": rnd(ours["viewer_decode_cpu_pct"], 1),
+        "viewer_cpu_pct_per_viewer": rnd(viewer_pv, 3),
+        "viewer_receive_path": "aiortc" if args.full_viewers else "lean",
+        "viewer_lean_counters": ours["viewer_lean_counters"],
         "machine_busy_cores": rnd(w["machine_busy_cores"], 2),
         "machine_other_busy_cores": rnd(w["other_busy_cores"], 2),
         "machine_other_busy_before_window": rnd(ours.get("machine_other_busy_before_window"), 2),

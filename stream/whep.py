@@ -13,8 +13,9 @@ the stream's rate limiter.
 
 With ``StreamSettings.fast_sender`` the sessions' senders are ``stream.rtp.sender``'s
 ``FastRtpSender``: the stream's packets are packetized once for all its viewers
-(``stream.rtp.packetizer``) and each sender only stamps its own RTP headers, protects
-and sends; RTCP, NACK/RTX and the keyframe hook stay as described above.
+(``stream.rtp.packetizer``, kept in the stream's ``payloads`` cache) and each sender
+only stamps its own RTP headers, protects and sends; RTCP, NACK/RTX and the keyframe
+hook stay as described above.
 
 ``WhepService`` keeps the sessions of this process by id; the web layer maps its
 exceptions to HTTP statuses.
@@ -34,11 +35,10 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiortc.rtcrtpparameters import RTCRtpCodecCapability
 from aiortc.sdp import SessionDescription
 
-from stream.fanout import FeedClosed, LiveStream, ViewerFeed
+from stream.fanout import FeedClosed, LiveStream, Sink, ViewerFeed
 from stream.hub import StreamHub
 from stream.ice import IcePolicy
 from stream.packets import MediaPacket
-from stream.rtp.packetizer import cache_for
 from stream.rtp.sender import use_fast_sender
 
 log = logging.getLogger(__name__)
@@ -118,6 +118,10 @@ class _FeedTrack(MediaStreamTrack):
         self.stop()
         self._on_ended()
         return MediaStreamError("the stream's feed ended")
+
+    def set_sink(self, sink: Sink | None) -> None:
+        """A synchronous sender for this track's packets (``ViewerFeed.set_sink``)."""
+        self._feed.set_sink(self.kind, sink)
 
 
 class VideoFeedTrack(_FeedTrack):
@@ -206,12 +210,12 @@ class WhepSession:
             video = pc.addTransceiver(VideoFeedTrack(feed, self._feed_ended), direction="sendonly")
             video.setCodecPreferences(_video_preferences())
             if self.fast_sender:
-                use_fast_sender(video.sender, cache_for(self.stream))
+                use_fast_sender(video.sender, self.stream.payloads)
             if offers_audio and self.stream.has_audio:
                 audio = pc.addTransceiver(AudioFeedTrack(feed, self._feed_ended), direction="sendonly")
                 audio.setCodecPreferences(_audio_preferences())
                 if self.fast_sender:
-                    use_fast_sender(audio.sender, cache_for(self.stream))
+                    use_fast_sender(audio.sender, self.stream.payloads)
             with self._ice.scope():
                 try:
                     await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))

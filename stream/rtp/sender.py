@@ -20,6 +20,12 @@ per-packet part as short as Python allows:
   transport (which queues them in order), and a kernel that refuses GSO switches it off
   for the sender (one ``sendto`` per datagram from then on).
 
+Once the task has sent a frame (the route and the SRTP session are up), it gives the
+viewer's feed ``_send_direct`` as its sink: while nothing is queued, the fan-out's
+``publish`` sends each new frame to each viewer synchronously, with no future, task
+wake-up or coroutine frames per frame per viewer; whatever the feed queued (the GOP
+cache at the start, anything behind a failed direct send) goes through the task first.
+
 Everything else stays aiortc's: RTCP (SR from the same counters, SDES, BYE), the
 handling of receiver reports, NACK (``_retransmit``, overridden to rebuild the packet
 from our history and send RTX exactly as aiortc does), PLI/FIR (``_send_keyframe``,
@@ -84,6 +90,7 @@ class HeaderTemplate:
     (MID and abs-send-time extensions), cut into what changes per frame and per packet."""
 
     __slots__ = ("abs_at", "byte0", "ext_head", "ext_tail", "payload_type", "size", "ssrc")
+    abs_at: int | None  # where abs-send-time's 3 bytes are; None: not negotiated
 
     def __init__(
         self, payload_type: int, ssrc: int, mid: str | None, extensions_map: HeaderExtensionsMap
@@ -296,6 +303,7 @@ class DatagramRoute:
             try:
                 if j - i == 1:
                     sock.sendto(view[off:end], addr)
+                    sender.sendto_calls += 1
                 else:
                     sock.sendmsg([view[off:end]], [(SOL_UDP, UDP_SEGMENT, _GSO_SIZE.pack(size))], 0, addr)
                     sender.gso_calls += 1
@@ -340,7 +348,9 @@ class FastRtpSender(RTCRtpSender):
     _buffer: SrtpFrameBuffer | None
     _sizes: list[int]
     fast_packets: int
+    direct_frames: int  # frames sent from the feed's sink rather than the task
     gso_calls: int
+    sendto_calls: int
     # aiortc's counters for the RTCP sender report and getStats(), written per frame.
     _RTCRtpSender__ntp_timestamp: int
     _RTCRtpSender__rtp_timestamp: int
@@ -357,7 +367,9 @@ class FastRtpSender(RTCRtpSender):
         self._buffer = None
         self._sizes = []
         self.fast_packets = 0
-        self.gso_calls = 0
+        self.direct_frames = 0
+        self.gso_calls = 0  # sendmsg calls with several datagrams
+        self.sendto_calls = 0  # calls with one
 
     # -- RTP -----------------------------------------------------------------------------
 
@@ -366,6 +378,7 @@ class FastRtpSender(RTCRtpSender):
             await super()._run_rtp(codec)
             return
         getattr(self, _P + "rtp_started").set()
+        assert codec.payloadType is not None, "a negotiated codec has its payload type"
         template = self._template = HeaderTemplate(
             codec.payloadType,
             self._ssrc,
@@ -375,6 +388,7 @@ class FastRtpSender(RTCRtpSender):
         self._seq = random32() % 32768  # as aiortc: the lower half, away from SRTP's wrap
         self._ts_origin = random32()
         payloads = self._payloads
+        sink_on: Any = None  # the track whose feed calls _send_direct
         try:
             while True:
                 track: Any = self.track
@@ -385,15 +399,40 @@ class FastRtpSender(RTCRtpSender):
                 if not self._enabled:
                     continue
                 self._send_frame(template, payloads.get(media))
+                if sink_on is not track and hasattr(track, "set_sink"):
+                    # Sent once from here, so the route and SRTP are up: from now on the
+                    # feed calls us directly while nothing waits in its queue.
+                    if sink_on is not None:
+                        sink_on.set_sink(None)  # a replaced track's feed stops calling us
+                    track.set_sink(self._send_direct)
+                    sink_on = track
         except (asyncio.CancelledError, ConnectionError, MediaStreamError):
             pass
         except Exception:
             # _rtp_exited must be set whatever happens, or stop() hangs.
             log.exception("fast RTP sender (%s) failed", self.kind)
+        if sink_on is not None:
+            sink_on.set_sink(None)
         if self.track:
             self.track.stop()
             setattr(self, _P + "track", None)
         getattr(self, _P + "rtp_exited").set()
+
+    def _send_direct(self, media: MediaPacket) -> bool:
+        """The feed's sink: one frame sent at once, from the fan-out's ``publish``. False
+        (not sent) puts the frame in the queue, where the task above meets the same
+        failure and ends as it would have without a sink."""
+        if not self._enabled:
+            return True  # dropped, as the loop drops it
+        template = self._template
+        if template is None:
+            return False
+        try:
+            self._send_frame(template, self._payloads.get(media))
+        except Exception:
+            return False
+        self.direct_frames += 1
+        return True
 
     def _current_route(self) -> DatagramRoute:
         """The nominated pair's route, checked per frame (cheap: identities only)."""

@@ -19,7 +19,6 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
 from stream.ice import host_addresses
-from stream.rtp.packetizer import cache_for
 from stream.rtp.sender import FastRtpSender
 from stream.sources.testpattern import decode_wallclock
 from web.app import STREAM_HUB, WHEP, build_app
@@ -128,7 +127,9 @@ async def test_fast_viewers_decode_the_live_picture(client):
             assert abs(clocks[-1] - time.time()) < 2.0  # live, not a replay
         ss = senders(client)
         assert ss and all(s.fast_packets > 0 for s in ss if s.kind == "video")
-        cache = cache_for(client.app[STREAM_HUB].get("demo"))
+        # After their first frames the senders are called by the fan-out directly.
+        assert all(s.direct_frames > 0 for s in ss if s.kind == "video")
+        cache = client.app[STREAM_HUB].get("demo").payloads
         assert cache.hits > 0  # the second viewer reused the first one's payloads
         stats = await ss[0].getStats()
         outbound = [s for s in stats.values() if s.type == "outbound-rtp"]

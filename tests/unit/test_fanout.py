@@ -211,6 +211,47 @@ async def test_closing_a_feed_releases_it():
     assert hub.get("s") is None
 
 
+async def test_sink_takes_packets_only_while_nothing_is_queued():
+    hub = StreamHub(settings())
+    pub = hub.attach("s", FakeSource(has_audio=True))
+    pub.publish(video(0, key=True))
+    pub.publish(video(1))
+    feed = pub.stream.add_viewer()
+    first = await feed.next_video()  # activates: the GOP cache (0, 1) is queued
+    sunk: list[int] = []
+    feed.set_sink("video", lambda pkt: sunk.append(pkt.pts) or True)
+    pub.publish(video(2))  # behind the cached frame still queued: queued too, in order
+    assert sunk == [] and feed.queued == 2
+    assert first.keyframe
+    assert [(await feed.next_video()).pts, (await feed.next_video()).pts] == [3000, 6000]
+    pub.publish(video(3))
+    pub.publish(video(4))
+    assert sunk == [9000, 12000] and feed.queued == 0  # nothing queued: straight to the sink
+    pub.publish(audio(1))  # another kind, no sink: queued
+    assert feed.queued == 1
+    assert feed.delivered == 3 + 2 + 0
+
+
+async def test_a_failing_sink_is_dropped_and_its_packet_queued():
+    hub = StreamHub(settings())
+    pub = hub.attach("s", FakeSource())
+    pub.publish(video(0, key=True))
+    feed = pub.stream.add_viewer()
+    await feed.next_video()
+    calls: list[int] = []
+    feed.set_sink("video", lambda pkt: calls.append(pkt.pts) and False)
+    waiting = asyncio.create_task(feed.next_video())
+    await asyncio.sleep(0)
+    pub.publish(video(1))  # the sink cannot send it: the reader's task gets it instead
+    assert (await asyncio.wait_for(waiting, 1)).pts == 3000
+    pub.publish(video(2))  # and every later one: the sink is gone
+    assert calls == [3000] and (await feed.next_video()).pts == 6000
+    feed.set_sink("video", lambda pkt: True)
+    feed.close()  # a closed feed forgets its sinks
+    pub.publish(video(3))
+    assert feed.delivered == 3
+
+
 async def test_stats_from_real_packets():
     """Size from the SPS, rate from arrivals, and the test pattern's clock survives encoding."""
     hub = StreamHub(settings())

@@ -1,4 +1,5 @@
-"""Packetize once per stream: the payloads must be exactly aiortc's own, per packet."""
+"""Packetize once per stream: aiortc's packets, except that a fragmented NAL unit's FU-A
+fragments are of one size (a shorter last one), so one GSO call sends them."""
 
 from __future__ import annotations
 
@@ -7,13 +8,15 @@ import time
 
 import pytest
 from aiortc.codecs import get_encoder
-from aiortc.codecs.h264 import NAL_TYPE_FU_A, NAL_TYPE_STAP_A, PACKET_MAX, H264Encoder
+from aiortc.codecs.h264 import NAL_TYPE_FU_A, NAL_TYPE_STAP_A, PACKET_MAX, H264Encoder, h264_depayload
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from stream.encoder import EncoderSettings
 from stream.encoder import H264Encoder as OurEncoder
+from stream.fanout import LiveStream
 from stream.packets import AUDIO_TIME_BASE, VIDEO_TIME_BASE, make_packet
-from stream.rtp.packetizer import PayloadCache, cache_for, packetize
+from stream.rtp.packetizer import PayloadCache, fragment, packetize
+from stream.settings import StreamSettings
 from stream.sources.testpattern import _Painter
 
 pytestmark = pytest.mark.timeout(30)
@@ -34,13 +37,41 @@ def video_packets():
     return out
 
 
-def test_payloads_identical_to_aiortc_pack(video_packets):
+def assert_like_aiortc(payloads: list[bytes], expected: list[bytes]) -> None:
+    """Packet for packet what aiortc's pack makes, but FU-A fragments re-cut: the same
+    number of them, the same NAL unit reassembled, all one size but a shorter last."""
+    assert len(payloads) == len(expected)
+    assert all(len(p) <= PACKET_MAX for p in payloads)
+    run: list[bytes] = []
+    for got, exp in zip(payloads, expected, strict=True):
+        if exp[0] & 0x1F != NAL_TYPE_FU_A:
+            assert got == exp  # single NAL units and STAP-A: aiortc's bytes
+            continue
+        assert got[0] == exp[0] and got[1] == exp[1]  # FU indicator, FU header (S/E bits, type)
+        run.append(got)
+        if got[1] & 0x40:  # the end of a fragmented NAL unit
+            sizes = [len(p) for p in run]
+            assert len(set(sizes[:-1])) <= 1 and sizes[-1] <= sizes[0], sizes
+            run = []
+    assert not run
+    assert b"".join(h264_depayload(p) for p in payloads) == b"".join(h264_depayload(p) for p in expected)
+
+
+def test_payloads_like_aiortc_pack(video_packets):
     for pkt in video_packets:
         expected, expected_ts = H264Encoder().pack(pkt.packet)
         got = packetize(pkt)
-        assert got.payloads == expected
+        assert_like_aiortc(got.payloads, expected)
         assert got.timestamp == expected_ts
-        assert got.octets == sum(map(len, expected))
+        assert got.octets == sum(map(len, got.payloads))
+
+
+def test_fragments_of_one_size_for_every_length():
+    for length in [*range(PACKET_MAX + 1, 3 * PACKET_MAX + 10), 65_000, 200_001]:
+        nal = bytes([0x65]) + bytes(i & 0xFF for i in range(length - 1))
+        got = fragment(nal)
+        assert_like_aiortc(got, H264Encoder._packetize_fu_a(nal))
+        assert got[0][1] & 0x80 and got[-1][1] & 0x40 and len(got) >= 2
 
 
 def test_keyframe_has_stap_a_and_fu_a(video_packets):
@@ -78,7 +109,7 @@ def test_synthetic_boundaries_match_aiortc():
     for sizes in ([PACKET_MAX], [PACKET_MAX + 1], [10, 20, 30], [10, PACKET_MAX - 20, 5], [5000, 3, 4]):
         data = b"".join(b"\x00\x00\x00\x01" + nal(1, s) for s in sizes)
         pkt = make_packet("video", data, 900, VIDEO_TIME_BASE, False, 0.0)
-        assert packetize(pkt).payloads == H264Encoder().pack(pkt.packet)[0], sizes
+        assert_like_aiortc(packetize(pkt).payloads, H264Encoder().pack(pkt.packet)[0])
 
 
 def test_audio_is_one_payload_with_aiortc_timestamp():
@@ -102,10 +133,6 @@ def test_cache_computes_once_per_packet_and_is_bounded(video_packets):
     assert cache.get(video_packets[0]).payloads == first.payloads
 
 
-def test_cache_for_is_one_per_stream():
-    class Stream:
-        pass
-
-    a, b = Stream(), Stream()
-    assert cache_for(a) is cache_for(a)
-    assert cache_for(a) is not cache_for(b)
+def test_each_stream_owns_its_cache():
+    a, b = LiveStream("a", StreamSettings()), LiveStream("b", StreamSettings())
+    assert isinstance(a.payloads, PayloadCache) and a.payloads is not b.payloads

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from types import SimpleNamespace
 
@@ -207,3 +208,60 @@ def test_direct_srtp_is_byte_for_byte_pylibsrtp_protect():
     seqs = [RtpPacket.parse(rx.unprotect(d), m).sequence_number for d, _ in dtls.sent]
     assert seqs == [(seqs[0] + i) & 0xFFFF for i in range(len(payloads))]
     assert all(d == ref.protect(s.history_packet(q)) for (d, _), q in zip(dtls.sent, seqs, strict=True))
+
+
+class SinkTrack:
+    """A feed track as the fast sender sees it: packets from a queue, and a sink slot."""
+
+    kind = "video"
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[object] = asyncio.Queue()
+        self.sink = None
+        self.sink_set = asyncio.Event()
+        self.stopped = False
+
+    async def recv_media(self) -> object:
+        return await self.queue.get()
+
+    def set_sink(self, sink) -> None:
+        self.sink = sink
+        self.sink_set.set()
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+async def test_after_its_first_frame_the_task_lends_the_feed_a_sink_until_it_ends():
+    from aiortc.rtcrtpparameters import RTCRtpCodecParameters
+
+    from stream.packets import VIDEO_TIME_BASE, make_packet
+    from stream.rtp.packetizer import PayloadCache
+
+    def frame(n: int) -> object:
+        return make_packet(
+            "video", b"\x00\x00\x00\x01\x41" + bytes([n]) * 50, n * 3000, VIDEO_TIME_BASE, False, 0.0
+        )
+
+    dtls = FakeDtls()
+    s = fast_sender(dtls, ext_map(MID, ABS))
+    s._payloads = PayloadCache()
+    track = SinkTrack()
+    s._RTCRtpSender__track = track
+    s._RTCRtpSender__mid = "0"
+    s._RTCRtpSender__rtp_started = asyncio.Event()
+    s._RTCRtpSender__rtp_exited = asyncio.Event()
+    s._enabled = True
+    task = asyncio.ensure_future(
+        s._run_rtp(RTCRtpCodecParameters(mimeType="video/H264", clockRate=90_000, payloadType=102))
+    )
+    await track.queue.put(frame(1))
+    await track.sink_set.wait()  # after the task's first frame
+    assert track.sink is not None and len(dtls.sent) == 1 and s.direct_frames == 0
+    assert track.sink(frame(2)) is True  # sent at once, from the caller
+    assert len(dtls.sent) == 2 and s.direct_frames == 1
+    dtls._state = State.CLOSED
+    assert track.sink(frame(3)) is False  # cannot send: the feed queues it for the task
+    await track.queue.put(frame(3))
+    await asyncio.wait_for(task, 2)  # the task meets the same failure and ends
+    assert track.sink is None and track.stopped and len(dtls.sent) == 2
