@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from tests.support.processes import REPO
 from web.embedded_broker import free_port
@@ -289,3 +290,18 @@ def add_stream(workdir: Path, env: dict[str, str], slug: str, title: str, site: 
         cwd=workdir, env=env, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
+
+
+# The text of an element includes a string: ``wait_js(page, HAS_TEXT, [selector, text], …)``.
+HAS_TEXT = "([sel, s]) => (document.querySelector(sel)?.textContent || '').includes(s)"
+
+
+def wait_js(
+    page: Page, expr: str, arg: object, timeout_s: float, what: str, show: tuple[str, ...] = ("main",)
+) -> None:
+    """Wait for a JS predicate; on time-out, fail saying what the page shows in ``show``."""
+    try:
+        page.wait_for_function(expr, arg=arg, timeout=timeout_s * 1000, polling=50)
+    except PlaywrightTimeout:
+        said = {sel: page.locator(sel).first.inner_text()[:1500] for sel in show if page.locator(sel).count()}
+        raise AssertionError(f"{what} not within {timeout_s} s; the page says {said!r}") from None

@@ -26,13 +26,12 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page
-from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from telemetry.readings import Reading
 from telemetry.settings import StorageSettings
 from telemetry.storage import open_store
 from telemetry.storage.alerts import Device
-from tests.e2e.harness import ZERO_DELAY, LiveServer, NetNs, add_stream, serve_with_broker
+from tests.e2e.harness import HAS_TEXT, ZERO_DELAY, LiveServer, NetNs, add_stream, serve_with_broker, wait_js
 from web.accounts import AccountService
 from web.accounts_sql import open_account_repository
 
@@ -76,15 +75,8 @@ def console_server(tmp_path_factory: pytest.TempPathFactory, netns: NetNs) -> It
         yield srv
 
 
-def wait_js(page: Page, expr: str, arg: object, timeout_s: float, what: str) -> None:
-    try:
-        page.wait_for_function(expr, arg=arg, timeout=timeout_s * 1000, polling=50)
-    except PlaywrightTimeout:
-        body = page.locator("main").inner_text()[:1500]
-        raise AssertionError(f"{what} not within {timeout_s} s; the page says {body!r}") from None
 
 
-HAS_TEXT = "([sel, s]) => (document.querySelector(sel)?.textContent || '').includes(s)"
 ROW = "#fleet-body tr[data-device='{}']"
 # Opaque pixels of the mean's line colour (#38b66a) on uPlot's canvas: the line is drawn
 # (the band between min and max has the same colour, but at 18 % opacity).

@@ -13,16 +13,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page
-from playwright.sync_api import TimeoutError as PlaywrightTimeout
+from playwright.sync_api import Browser
 
 from telemetry.settings import StorageSettings
 from telemetry.storage import open_store
 from telemetry.storage.alerts import Device
-from tests.e2e.harness import PHONE, ZERO_DELAY, LiveServer, NetNs, add_stream, serve_with_broker
+from tests.e2e import harness
+from tests.e2e.harness import HAS_TEXT, PHONE, ZERO_DELAY, LiveServer, NetNs, add_stream, serve_with_broker
+
+# Failures say what the page shows there.
+wait_js = partial(harness.wait_js, show=("#telemetry-overlay",))
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -47,15 +51,8 @@ def live_server(tmp_path_factory: pytest.TempPathFactory, netns: NetNs) -> Itera
         yield srv
 
 
-def wait_js(page: Page, expr: str, arg: object, timeout_s: float, what: str) -> None:
-    try:
-        page.wait_for_function(expr, arg=arg, timeout=timeout_s * 1000, polling=50)
-    except PlaywrightTimeout:
-        overlay = page.locator("#telemetry-overlay").inner_text()
-        raise AssertionError(f"{what} not within {timeout_s} s; overlay says {overlay!r}") from None
 
 
-HAS_TEXT = "([sel, s]) => (document.querySelector(sel)?.textContent || '').includes(s)"
 NO_ALERTS = "() => !document.querySelector('#telemetry-overlay .live-alerts')"
 
 

@@ -20,20 +20,24 @@ import io
 import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import pytest
 import segno
 from playwright.sync_api import Browser, Page
-from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from telemetry.evidence.keys import init_key
 from telemetry.settings import StorageSettings
 from telemetry.storage import open_store
 from telemetry.storage.alerts import Device
-from tests.e2e.harness import LiveServer, NetNs, serve_with_broker
+from tests.e2e import harness
+from tests.e2e.harness import HAS_TEXT, LiveServer, NetNs, serve_with_broker
 from web.accounts import AccountService
 from web.accounts_sql import open_account_repository
+
+# Failures say what the page shows there.
+wait_js = partial(harness.wait_js, show=("main", "#banner", "#new-error", "#detail-error"))
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -70,16 +74,8 @@ def shipments_server(tmp_path_factory: pytest.TempPathFactory, netns: NetNs) -> 
         yield srv
 
 
-def wait_js(page: Page, expr: str, arg: object, timeout_s: float, what: str) -> None:
-    try:
-        page.wait_for_function(expr, arg=arg, timeout=timeout_s * 1000, polling=50)
-    except PlaywrightTimeout:
-        body = page.locator("main").inner_text()[:1500]
-        said = [page.locator(sel).inner_text() for sel in ("#banner", "#new-error", "#detail-error")]
-        raise AssertionError(f"{what} not within {timeout_s} s; the page says {body!r}, {said!r}") from None
 
 
-HAS_TEXT = "([sel, s]) => (document.querySelector(sel)?.textContent || '').includes(s)"
 VISIBLE = "(sel) => { const e = document.querySelector(sel); return !!e && !e.closest('[hidden]'); }"
 QR_LOADED = "() => { const q = document.querySelector('#qr'); return q.complete && q.naturalWidth > 0; }"
 
