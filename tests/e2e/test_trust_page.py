@@ -55,7 +55,11 @@ from web.accounts import AccountService
 from web.accounts_sql import open_account_repository
 from web.embedded_broker import free_port
 
-pytestmark = pytest.mark.timeout(420)
+# In the process of its own that scripts/test.sh runs after the rest (marker "isolated"):
+# twice in four full runs, in the shared process, the zero-delay excursion raised no alert
+# within 15 s (nothing in the server's log), never when run on its own or with the other
+# e2e tests (cause not found; session 3's closing note).
+pytestmark = [pytest.mark.timeout(420), pytest.mark.isolated]
 
 DESKTOP = {"width": 1280, "height": 1000}
 ORIGIN = "e2e.origincast.test/log"
